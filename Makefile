@@ -1,0 +1,73 @@
+# atomlua — `make` builds build/atomlua (the CLI) and build/atom.so (the Lua module).
+# `make test` installs what is missing, builds and runs every test; `make check`
+# does the same with warnings as errors and ASan/UBSan; `make bench` benchmarks.
+
+PKGS     := lua5.4-luv libuv lua5.4
+CC       ?= cc
+OPT      ?= -O2
+CFLAGS   ?= $(OPT) -g
+XCFLAGS  := -std=gnu11 -Wall -Wextra -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+BUILD    ?= build
+SAN      ?=
+
+SRCS     := $(filter-out src/main.c,$(wildcard src/*.c))
+LUAFILES := $(shell find lua -name '*.lua' | sort)
+OBJS     := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/embed.o
+PICOBJS  := $(patsubst src/%.c,$(BUILD)/pic/%.o,$(SRCS)) $(BUILD)/pic/embed.o
+
+# The CLI links Lua and luv statically (faster start, one self-contained file)
+# and exports Lua's symbols for C modules a scenario may require.
+BIN_LIBS := -Wl,-E -Wl,-Bstatic -llua5.4-luv -llua5.4 -Wl,-Bdynamic -luv -lm -ldl -lpthread
+# The module gets Lua from the interpreter that loads it.
+SO_LIBS  := -llua5.4-luv -luv -lm -ldl -lpthread
+
+.PHONY: all deps demo test check bench lint clean
+all: $(BUILD)/atomlua $(BUILD)/atom.so
+
+$(BUILD)/obj/%.o: src/%.c src/atom.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -c $< -o $@
+$(BUILD)/pic/%.o: src/%.c src/atom.h | $(BUILD)/pic
+	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -fPIC -DATOM_MODULE -c $< -o $@
+$(BUILD)/obj/embed.o $(BUILD)/pic/embed.o: $(BUILD)/embed.c
+	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -fPIC -c $< -o $@
+$(BUILD)/embed.c: tools/embed.lua $(LUAFILES) | $(BUILD)/obj
+	lua5.4 tools/embed.lua $(LUAFILES) > $@.tmp && mv $@.tmp $@
+$(BUILD)/obj $(BUILD)/pic:
+	mkdir -p $@
+
+$(BUILD)/atomlua: $(BUILD)/obj/main.o $(OBJS)
+	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(BIN_LIBS)
+$(BUILD)/obj/main.o: src/main.c src/atom.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -c $< -o $@
+$(BUILD)/atom.so: $(PICOBJS)
+	$(CC) $(CFLAGS) $(SAN) -shared -o $@ $^ $(SO_LIBS)
+
+deps:
+	@sh tools/install-deps.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/atomlua run scenarios/demo.lua
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@sh tools/run-tests.sh $(BUILD)
+
+# Warnings as errors plus ASan/UBSan, in a build directory of its own.
+CHECK_FLAGS := -Werror -Wshadow -Wundef -Wwrite-strings -Wmissing-prototypes -fno-omit-frame-pointer
+check: deps
+	@$(MAKE) --no-print-directory all BUILD=build/check OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined $(CHECK_FLAGS)"
+	@ATOMLUA_SANITIZE=1 sh tools/run-tests.sh build/check
+	@ATOMLUA_SANITIZE=1 ATOMLUA_GC=aggressive sh tools/run-tests.sh build/check
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@sh bench/run.sh $(BUILD)
+
+lint:
+	clang-format --dry-run -Werror src/*.c src/*.h
+	cppcheck --enable=warning,style --error-exitcode=1 --quiet --suppress=missingIncludeSystem src
+
+clean:
+	rm -rf build

@@ -1,0 +1,1 @@
+-- W6: an empty scenario; the harness times start-up (fork+exec+wait) and peak RSS.

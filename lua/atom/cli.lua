@@ -1,0 +1,281 @@
+-- atom.cli: the command line of SPEC §1, run in the control Lua state by
+-- src/main.c. It parses arguments, checks every input before anything runs
+-- (exit 2), runs each scenario file in a fresh state (_atom.run_file), feeds
+-- the reporters and computes the exit status.
+local _atom = require "_atom"
+local events = require "atom.events"
+
+local M = {}
+
+local USAGE = [[
+usage: atomlua run [options] SCENARIO.lua... [-- script args]
+       atomlua trace --reactor REACTOR.lua [options] TRACE.itf.json|DIR...
+       atomlua version | atomlua help [command]
+]]
+
+local HELP_RUN = [[
+Options of run and trace:
+  --timeout SECS    deadline for the whole run (exit 124)
+  --grace SECS      cleanup grace (default 10)
+  --filter PATTERN  run only tests whose name contains PATTERN
+  --fail-fast       stop after the first failed test (exit 1)
+  --junit PATH      write a JUnit XML report
+  --events PATH     write an NDJSON event log
+  --workdir DIR     where run directories go (default .atomlua/runs)
+  --keep            keep the run directory even when the run exits 0
+  -v, -q            more / less console output
+  --seed N          seed math.random in each scenario (0 .. 2^63-1)
+]]
+
+local function usage_error(msg)
+  io.stderr:write("atomlua: ", msg, "\n", USAGE)
+  return 2
+end
+
+local function bad_input(msg)
+  io.stderr:write("atomlua: ", msg, "\n")
+  return 2
+end
+
+-- Options taking a value, and flags.
+local VALUED = { timeout = true, grace = true, filter = true, junit = true, events = true,
+  workdir = true, seed = true, reactor = true }
+local FLAGS = { ["fail-fast"] = true, keep = true }
+
+local function parse(args, command)
+  local o = { files = {}, script_args = {}, verbose = 0 }
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--" then
+      for j = i + 1, #args do o.script_args[#o.script_args + 1] = args[j] end
+      break
+    elseif a == "-v" then o.verbose = o.verbose + 1
+    elseif a == "-q" then o.verbose = o.verbose - 1
+    elseif a:sub(1, 2) == "--" then
+      local name, value = a:match("^%-%-([^=]+)=(.*)$")
+      name = name or a:sub(3)
+      if name == "reactor" and command ~= "trace" then return nil, "unknown option --reactor for run" end
+      if VALUED[name] then
+        if value == nil then
+          i = i + 1
+          value = args[i]
+          if value == nil then return nil, "option --" .. name .. " needs a value" end
+        end
+        o[name] = value
+      elseif FLAGS[name] and value == nil then
+        o[name] = true
+      else
+        return nil, "unknown option " .. a
+      end
+    elseif a:sub(1, 1) == "-" and #a > 1 then
+      return nil, "unknown option " .. a
+    else
+      o.files[#o.files + 1] = a
+    end
+    i = i + 1
+  end
+  local function positive(name)
+    if o[name] == nil then return true end
+    local n = tonumber(o[name])
+    if not n or n <= 0 or n ~= n or n == math.huge then
+      return nil, ("option --%s needs a positive number, got %q"):format(name, o[name])
+    end
+    o[name] = n
+    return true
+  end
+  local ok, err = positive("timeout")
+  if not ok then return nil, err end
+  ok, err = positive("grace")
+  if not ok then return nil, err end
+  if o.seed ~= nil then
+    local n = math.tointeger(tonumber(o.seed))
+    if not n or n < 0 or not o.seed:match("^%d+$") then
+      return nil, ("option --seed needs an integer from 0 to 2^63-1, got %q"):format(o.seed)
+    end
+    o.seed = n
+  end
+  return o
+end
+
+local function basename(path) return (path:gsub("/+$", ""):match("([^/]+)$") or path) end
+local function stem(path) return (basename(path):gsub("%.lua$", "")) end
+
+local function random_chars(n)
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f and f:read(n) or tostring(_atom.now())
+  if f then f:close() end
+  local alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+  local out = {}
+  for i = 1, n do
+    local b = bytes:byte(i) or i
+    out[i] = alphabet:sub(b % #alphabet + 1, b % #alphabet + 1)
+  end
+  return table.concat(out)
+end
+
+local function fresh_seed()
+  local f = io.open("/dev/urandom", "rb")
+  local s = f and f:read(8)
+  if f then f:close() end
+  local n = s and string.unpack("<i8", s) or math.floor(_atom.now() * 1e9)
+  return n & math.maxinteger
+end
+
+local function remove_tree(path)
+  local uv = require "luv"
+  local function rm(p)
+    local st = uv.fs_lstat(p)
+    if not st then return end
+    if st.type == "directory" then
+      local it = uv.fs_scandir(p)
+      while it do
+        local name = uv.fs_scandir_next(it)
+        if not name then break end
+        rm(p .. "/" .. name)
+      end
+      uv.fs_rmdir(p)
+    else
+      uv.fs_unlink(p)
+    end
+  end
+  rm(path)
+end
+
+-- The reporters subscribe to the events forwarded from the file states.
+local function make_reporters(o, argv, seed)
+  local list = {}
+  local console = require("atom.report.console")
+  list[#list + 1] = console.new({ color = console.want_color(), verbose = o.verbose })
+  if o.junit then list[#list + 1] = require("atom.report.junit").new({ path = o.junit }) end
+  if o.events then list[#list + 1] = require("atom.report.events").new({ path = o.events }) end
+  local function emit(ev)
+    for _, r in ipairs(list) do r:on_event(ev) end
+  end
+  _atom.set_forward(emit)
+  events.clock = _atom.now
+  events.subscribe(emit)
+  return list
+end
+
+local function check_files(files)
+  for _, f in ipairs(files) do
+    local fh, err = io.open(f, "rb")
+    if not fh then return nil, ("cannot read %s: %s"):format(f, err:gsub("^[^:]*: ", "")) end
+    local ok = fh:read(0)
+    fh:close()
+    if ok == nil and not io.open(f, "r") then return nil, "cannot read " .. f end
+    local fn, serr = loadfile(f, "t")
+    if not fn then return nil, "syntax error: " .. serr end
+  end
+  return true
+end
+
+local function run_command(o, argv, command)
+  if command == "run" and #o.files == 0 then return usage_error("run needs at least one scenario file") end
+  if command == "trace" and not o.reactor then return usage_error("trace needs --reactor REACTOR.lua") end
+  local ok, err = check_files(command == "trace" and { o.reactor } or o.files)
+  if not ok then return bad_input(err) end
+  local prepared
+  if command == "trace" then
+    local trace = require "atom.trace"
+    local okp, res = pcall(function()
+      local paths = trace.collect(o.files)
+      return trace.decode_all(paths)
+    end)
+    if not okp then return bad_input(tostring(res)) end
+    prepared = res
+  end
+  local seed = o.seed or fresh_seed()
+  _atom.set_limits(o.timeout, o.grace or 10)
+  local workdir = o.workdir or ".atomlua/runs"
+  local name = stem(command == "trace" and o.reactor or o.files[1])
+  local run_dir = ("%s/%s-%s-%s"):format(workdir, os.date("%Y%m%d-%H%M%S"), name, random_chars(6))
+  _atom.mkdir_p(run_dir)
+  local reporters = make_reporters(o, argv, seed)
+  events.emit("run_start", { version = _atom.version, argv = argv, seed = seed })
+  local total = { passed = 0, failed = 0, skipped = 0 }
+  local scenario_error, matched, exit_override, fail_fast_hit, scenario_error_file = false, false, nil, false, nil
+  local units = command == "trace" and { { file = o.reactor, entry = "atom.trace_main" } } or {}
+  if command == "run" then
+    for _, f in ipairs(o.files) do units[#units + 1] = { file = f, entry = "atom.scenario" } end
+  end
+  for _, u in ipairs(units) do
+    if _atom.stop_reason() or fail_fast_hit then break end
+    local file_dir = run_dir
+    if #units > 1 then file_dir = run_dir .. "/" .. stem(u.file) end
+    local res = _atom.run_file(u.entry, {
+      file = u.file, args = o.script_args, seed = seed, run_dir = run_dir, file_dir = file_dir,
+      filter = o.filter, grace = o.grace or 10, fail_fast = o["fail-fast"], verbose = o.verbose,
+      traces = prepared, timeout = o.timeout,
+    })
+    if res.internal_error then
+      io.stderr:write("atomlua: internal error in ", u.file, ": ", res.internal_error, "\n")
+      scenario_error = true
+    end
+    total.passed = total.passed + (res.passed or 0)
+    total.failed = total.failed + (res.failed or 0)
+    total.skipped = total.skipped + (res.skipped or 0)
+    matched = matched or res.matched
+    if res.scenario_error then
+      scenario_error = true
+      scenario_error_file = scenario_error_file or u.file
+    end
+    if res.exit_code then exit_override = res.exit_code; break end
+    if res.fail_fast_hit then fail_fast_hit = true end
+  end
+  local stop = _atom.stop_reason()
+  local exit, reason, reason_text = 0, "done", nil
+  if stop and stop:match("^SIG") then
+    exit = ({ SIGINT = 130, SIGTERM = 143, SIGHUP = 129 })[stop]
+    reason, reason_text = stop, "interrupted by " .. stop
+  elseif stop == "timeout" then
+    exit, reason, reason_text = 124, "timeout", ("timed out after %.14gs"):format(o.timeout)
+  elseif exit_override then
+    exit = exit_override
+  elseif o.filter and not matched then
+    exit = 2
+    reason_text = ("no test matched --filter %q"):format(o.filter)
+  elseif scenario_error then
+    exit, reason, reason_text = 3, "scenario-error", "scenario error in " .. tostring(scenario_error_file)
+  elseif total.failed > 0 then
+    exit = 1
+  end
+  if fail_fast_hit and exit <= 1 then reason, reason_text = "fail-fast", "stopped by --fail-fast" end
+  if exit == 2 then io.stderr:write("atomlua: ", reason_text, "\n") end
+  local kept = exit ~= 0 or o.keep
+  if not kept then remove_tree(run_dir) end
+  local summary = { passed = total.passed, failed = total.failed, skipped = total.skipped, exit = exit,
+    reason = reason, reason_text = reason_text, seed = seed, argv = argv, run_dir = kept and run_dir or nil }
+  events.emit("run_end", { passed = total.passed, failed = total.failed, skipped = total.skipped,
+    exit = exit, reason = reason })
+  for _, r in ipairs(reporters) do
+    local okf, ferr = pcall(r.finish, r, summary)
+    if not okf then io.stderr:write("atomlua: ", tostring(ferr), "\n") end
+  end
+  if _atom.leaks_found() then return exit == 0 and 1 or exit end
+  return exit
+end
+
+---@param args string[] the command line without the program name
+---@return integer exit status
+function M.main(args)
+  local command = args[1]
+  if command == nil then return usage_error("no command given") end
+  if command == "version" or command == "--version" then
+    print("atomlua " .. _atom.version .. " (" .. _VERSION .. ", libuv " .. require("luv").version_string() .. ")")
+    return 0
+  elseif command == "help" or command == "--help" or command == "-h" then
+    io.stdout:write(USAGE)
+    if args[2] == "run" or args[2] == "trace" then io.stdout:write("\n", HELP_RUN) end
+    return 0
+  elseif command ~= "run" and command ~= "trace" then
+    return usage_error("unknown command " .. command)
+  end
+  local rest = { table.unpack(args, 2) }
+  local o, err = parse(rest, command)
+  if not o then return usage_error(err) end
+  return run_command(o, args, command)
+end
+
+return M

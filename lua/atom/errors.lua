@@ -1,0 +1,77 @@
+-- atom.errors: the runtime's error values (SPEC §3 rule 5).
+-- An error is a table {kind, message, task, traceback, where, ...} whose
+-- tostring is one line "file:line: message". The C host (util.c) builds the
+-- same tables through the metatable this module registers as "atom.error".
+local M = {}
+
+local mt = {}
+mt.__index = mt
+mt.__name = "atom.error"
+mt.__tostring = function(e)
+  if e.where then return e.where .. ": " .. tostring(e.message) end
+  return tostring(e.message)
+end
+debug.getregistry()["atom.error"] = mt
+M.mt = mt
+
+-- Set by atom.sched once the scheduler is loaded: returns the current task's name.
+M.task_name = function() return nil end
+
+local function is_internal(src)
+  return src:sub(1, 10) == "@lua/atom/" or src == "=[C]" or src:sub(1, 1) == "="
+end
+
+--- "file:line" of the innermost frame that is not atom's own code.
+---@param level integer|nil stack level to start from (default 2: the caller of where())
+function M.where(level)
+  level = level or 2
+  while true do
+    local info = debug.getinfo(level + 1, "Sl")
+    if not info then return nil end
+    if info.currentline and info.currentline > 0 and not is_internal(info.source) then
+      return info.short_src .. ":" .. info.currentline
+    end
+    level = level + 1
+  end
+end
+
+--- A new error table of `kind` (no position when `where` is false).
+---@param kind string  one of SPEC §3 rule 5's kinds
+---@param message string
+---@param fields table|nil extra fields copied into the error (cause, code, ...)
+function M.new(kind, message, fields)
+  local e = setmetatable({ kind = kind, message = message }, mt)
+  if fields then for k, v in pairs(fields) do e[k] = v end end
+  if e.where == nil then e.where = M.where(2) end
+  if e.task == nil then e.task = M.task_name() end
+  return e
+end
+
+--- Raise a new error of `kind`.
+function M.raise(kind, message, fields)
+  local e = M.new(kind, message, fields)
+  error(e, 0)
+end
+
+--- True when `e` is an atom error (of `kind`, when given).
+function M.is(e, kind)
+  return getmetatable(e) == mt and (kind == nil or e.kind == kind)
+end
+
+--- Raise a `usage` error worded like Lua's own argument errors:
+--- "bad argument #1 to 'sleep' (number expected, got string)".
+function M.argerror(n, fname, msg)
+  M.raise("usage", ("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
+end
+
+--- Check that argument n has type `want` (a type name, or names joined by "|").
+function M.checktype(n, fname, value, want, optional)
+  local t = type(value)
+  if optional and value == nil then return value end
+  for w in want:gmatch("[^|]+") do
+    if t == w then return value end
+  end
+  M.argerror(n, fname, want:gsub("|", " or ") .. " expected, got " .. (value == nil and "no value" or t))
+end
+
+return M

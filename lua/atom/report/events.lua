@@ -1,0 +1,96 @@
+-- atom.report.events: the `--events PATH` NDJSON writer (SPEC §8). One JSON
+-- object per line, flushed at once so a crashed run keeps what it logged.
+-- Private `_` fields are dropped; errors become {kind, message, file, line, task}.
+local common = require("atom.report.common")
+local json = require("atom.json")
+
+local M = {}
+M.__index = M
+
+--- An NDJSON event writer on `opts.path` (truncated). Raises a string error
+--- naming the path when it cannot be opened.
+---@param opts table {path = string}
+function M.new(opts)
+  local path = opts and opts.path
+  if type(path) ~= "string" then error("atom.report.events.new: opts.path must be a string", 2) end
+  local f, msg = io.open(path, "w")
+  if not f then error(("cannot open events file: %s"):format(msg or path), 0) end
+  return setmetatable({ path = path, file = f, last_t = 0, saw_run_end = false }, M)
+end
+
+-- A JSON-safe copy of a value: strings repaired to UTF-8 (the encoder
+-- rejects invalid UTF-8), `_` keys dropped, functions and other non-data
+-- turned into their tostring, cycles cut.
+local function clean(v, seen)
+  local ty = type(v)
+  if ty == "string" then return common.utf8_repair(v) end
+  if ty == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return tostring(v) end
+    return v
+  end
+  if ty == "boolean" or v == json.null then return v end
+  if ty ~= "table" then return tostring(v) end
+  if seen[v] then return "(cycle)" end
+  seen[v] = true
+  local out = {}
+  for k, x in pairs(v) do
+    if not (type(k) == "string" and k:sub(1, 1) == "_") then
+      out[type(k) == "string" and common.utf8_repair(k) or k] = clean(x, seen)
+    end
+  end
+  seen[v] = nil
+  return out
+end
+
+-- Fields that SPEC §8 lists but whose nil must still appear, as null.
+local NULLABLE = { http = { "status" }, process_exit = { "code", "signal" } }
+-- Fields that are lists and must encode as [] even when empty.
+local LISTS = { "argv" }
+
+--- The public record of one event, as written.
+---@param ev table
+function M.record(ev)
+  local rec = clean(ev, {})
+  if ev.error ~= nil or ev._error ~= nil then rec.error = clean(common.error_of(ev), {}) end
+  for _, k in ipairs(NULLABLE[ev.type] or {}) do
+    if rec[k] == nil then rec[k] = json.null end
+  end
+  for _, k in ipairs(LISTS) do
+    if type(rec[k]) == "table" and json.array then rec[k] = json.array(rec[k]) end
+  end
+  return rec
+end
+
+--- Write one event as a line (flushed). `t` is clamped to be non-decreasing.
+---@param ev table
+function M:on_event(ev)
+  if not self.file then return end
+  local rec = M.record(ev)
+  local t = tonumber(rec.t) or self.last_t
+  if t < self.last_t then t = self.last_t end
+  rec.t, self.last_t = t, t
+  if rec.type == "run_end" then self.saw_run_end = true end
+  local ok, line = pcall(json.encode, rec)
+  if not ok then
+    -- Never lose the line: record what could not be encoded, and why.
+    line = json.encode({ t = t, type = tostring(rec.type),
+      encode_error = common.utf8_repair(tostring(line)) })
+  end
+  self.file:write(line, "\n")
+  self.file:flush()
+end
+
+--- Write `run_end` from the summary unless the runner emitted it, then close.
+---@param summary table {passed=, failed=, skipped=, exit=, reason=}
+function M:finish(summary)
+  if not self.file then return end
+  if not self.saw_run_end and summary then
+    self:on_event({ type = "run_end", t = summary.t or self.last_t, passed = summary.passed,
+      failed = summary.failed, skipped = summary.skipped, exit = summary.exit,
+      reason = summary.reason })
+  end
+  self.file:close()
+  self.file = nil
+end
+
+return M

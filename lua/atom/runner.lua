@@ -1,0 +1,133 @@
+-- atom.runner: tests (atom.test, atom.skip), module mode's atom.run, and the
+-- entry point of a scenario file's Lua state (main), SPEC §2. Reporting is
+-- done by subscribers of atom.events (lua/atom/report/).
+local _atom = require "_atom"
+local errors = require "atom.errors"
+local events = require "atom.events"
+local state = require "atom.state"
+local sched = require "atom.sched"
+
+local M = {}
+
+-- Outcome of the tests of this Lua state.
+local counts = { passed = 0, failed = 0, skipped = 0 }
+local failed_names = {}
+M.counts = counts
+M.filter = nil       -- --filter PATTERN (plain substring)
+M.on_test_end = nil  -- called with the test_end event (fail-fast, module mode)
+
+local function fmt_secs(s) return ("%.14gs"):format(s) end
+
+-- Fields a reporter needs about a failure; `_` fields stay out of NDJSON.
+local function failure_fields(ev, err, task)
+  ev._error = err
+  ev._where = errors.is(err) and err.where or nil
+  ev._task = errors.is(err) and err.task or (task and _atom.task_name(task)) or nil
+  local x = task and _atom.extra(false, task)
+  ev._traceback = errors.is(err) and err.traceback or (x and x.traceback) or nil
+  ev._cleanup_errors = x and x.cleanup_errors or nil
+  if x and x.forensics then ev._forensics = x.forensics end
+  if x and x.last_rpc then ev._last_rpc = x.last_rpc end
+  if M.collect_tails and task then ev._tails = M.collect_tails(task) end
+  local kind = errors.is(err) and err.kind or "error"
+  local message = errors.is(err) and err.message or tostring(err)
+  local file, line
+  if ev._where then file, line = ev._where:match("^(.*):(%d+)$") end
+  if not file and type(err) == "string" then
+    file, line, message = err:match("^([^:\n]+):(%d+): (.*)$")
+    if file then ev._where = file .. ":" .. line else message = err end
+  end
+  ev.error = { kind = kind, message = message, file = file, line = tonumber(line), task = ev._task }
+end
+M.failure_fields = failure_fields
+
+---@param name string
+---@param fn function
+---@param opts number|table|nil timeout, or {timeout = secs}
+---@return boolean|nil passed true/false, nil when --filter left it out
+function M.test(name, fn, opts)
+  errors.checktype(1, "test", name, "string")
+  errors.checktype(2, "test", fn, "function")
+  local timeout
+  if type(opts) == "number" then timeout = opts
+  elseif type(opts) == "table" then timeout = opts.timeout
+  elseif opts ~= nil then errors.checktype(3, "test", opts, "number|table") end
+  local outer = _atom.in_test()
+  if outer then errors.raise("usage", ("atom.test cannot be nested (inside test %q)"):format(outer)) end
+  if M.filter and not name:find(M.filter, 1, true) then return nil end
+  M.matched = true
+  _atom.checkpoint("test")
+  local file = state.file
+  events.emit("test_start", { name = name, file = file, suite = state.suite })
+  local start = _atom.now()
+  local g = _atom.group()
+  local t = _atom.spawn(g, name, sched.TEST, timeout, fn)
+  local _, status, value = _atom.group_next(g)
+  local ev = { name = name, file = file, suite = state.suite, duration = _atom.now() - start }
+  local err
+  if _atom.deadline_expired(t) then
+    err = errors.new("timeout", ("test %q timed out after %s"):format(name, fmt_secs(timeout)), { task = name })
+  elseif status ~= "done" then
+    err = value
+  end
+  if err == nil then
+    ev.status = "passed"
+    counts.passed = counts.passed + 1
+  else
+    ev.status = "failed"
+    counts.failed = counts.failed + 1
+    failed_names[#failed_names + 1] = name
+    failure_fields(ev, err, t)
+  end
+  events.emit("test_end", ev)
+  if M.on_test_end then M.on_test_end(ev) end
+  _atom.checkpoint("test") -- a test cancelled from outside does not return
+  return err == nil
+end
+
+---@param name string
+---@param reason string|nil
+function M.skip(name, reason)
+  errors.checktype(1, "skip", name, "string")
+  errors.checktype(2, "skip", reason, "string", true)
+  if _atom.in_test() then errors.raise("usage", "atom.skip cannot be called inside a running test") end
+  if M.filter and not name:find(M.filter, 1, true) then return nil end
+  M.matched = true
+  counts.skipped = counts.skipped + 1
+  events.emit("test_end", { name = name, file = state.file, suite = state.suite, status = "skipped",
+    duration = 0, reason = reason or "skipped" })
+end
+
+-- Close what luv left open once the root has ended (SPEC §3 "Outside tasks").
+function M.close_luv_handles()
+  local list = _atom.luv_handles()
+  if #list == 0 then return end
+  for _, h in ipairs(list) do
+    if not h:is_closing() then h:close() end
+  end
+  require("luv").run("nowait")
+end
+local close_luv_handles = M.close_luv_handles
+
+--- Module mode: run fn(...) as a root task and return its results.
+function M.run(fn, ...)
+  errors.checktype(1, "run", fn, "function")
+  if _atom.in_task_thread() then errors.raise("usage", "atom.run cannot be called inside a task") end
+  local before = { passed = counts.passed, failed = counts.failed }
+  local first_failed = #failed_names + 1
+  local res = table.pack(_atom.run(fn, ...))
+  close_luv_handles()
+  local ok = res[1]
+  if not ok then
+    local err = res[4]
+    error(err, 0)
+  end
+  if counts.failed > before.failed then
+    local names = {}
+    for i = first_failed, #failed_names do names[#names + 1] = failed_names[i] end
+    errors.raise("assert", ("%d test(s) failed: %s"):format(#names, table.concat(names, ", ")))
+  end
+  return table.unpack(res, 4, res.n)
+end
+
+return M

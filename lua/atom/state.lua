@@ -1,0 +1,21 @@
+-- atom.state: facts about the current run shared by the Lua modules.
+local M = {
+  run_dir = nil,    -- the run directory (SPEC §1), created on demand
+  file_dir = nil,   -- this scenario file's directory inside it (== run_dir with one file)
+  file = nil,       -- the scenario file being run
+  mode = "cli",     -- "cli" or "module"
+  verbose = 0,      -- -v: 1, -q: -1
+  grace = 10,       -- the cleanup grace (--grace)
+}
+
+--- The directory for logs of this scenario file, created on first use.
+function M.logs_dir()
+  local dir = (M.file_dir or M.run_dir) .. "/logs"
+  if not M._logs_made then
+    require("_atom").mkdir_p(dir)
+    M._logs_made = true
+  end
+  return dir
+end
+
+return M

@@ -1,0 +1,77 @@
+-- atom.task: the body every task's coroutine runs (the trampoline), i.e.
+-- SPEC §3 "How a task ends" steps 1–4; step 5 (settling the outcome and
+-- waking joiners) is the scheduler's, in src/sched.c.
+-- The task's function runs under xpcall *inside* the coroutine, so its
+-- <close> variables unwind where they may still wait (Lua 5.4.4).
+local _atom = require "_atom"
+local errors = require "atom.errors"
+
+local M = {}
+
+-- Functions called with the task when a test or root task ends (step 4):
+-- the process module stops the processes the task owns.
+M.owner_end = {}
+
+local getmetatable, xpcall, select, traceback = getmetatable, xpcall, select, debug.traceback
+local error_mt = errors.mt
+
+-- Message handler: capture the traceback while the stack is still there,
+-- cheaply for cancellations (they carry their file:line already).
+local function handler(e)
+  if getmetatable(e) == error_mt then
+    if e.traceback == nil then e.traceback = traceback(tostring(e), 2) end
+  else
+    local x = _atom.extra(true)
+    if x then x.traceback = traceback(tostring(e), 2) end
+  end
+  return e
+end
+M.handler = handler
+
+local function add_cleanup_error(res, e, x)
+  if res[1] then -- the task was succeeding: the cleanup error becomes its error
+    res[1], res[2], res.n = false, e, 2
+    return
+  end
+  local orig = res[2]
+  if getmetatable(orig) == error_mt then
+    local list = orig.cleanup_errors or {}
+    list[#list + 1] = e
+    orig.cleanup_errors = list
+  end
+  local list = x.cleanup_errors or {}
+  list[#list + 1] = e
+  x.cleanup_errors = list
+end
+
+local function finish(ok, ...)
+  _atom.end_children()                                  -- step 2
+  local x = _atom.extra(false)
+  local defers = x and x.defers
+  local owner = _atom.is_owner() and #M.owner_end > 0
+  if not defers and not owner and not (x and x.grace_error) then return ok, ... end
+  local res = { n = select("#", ...) + 1, ok, ... }
+  x = x or _atom.extra(true)
+  _atom.begin_cleanup()
+  if defers then                                         -- step 3
+    for i = #defers, 1, -1 do
+      local d = defers[i]
+      defers[i] = nil
+      local ok2, e2 = xpcall(d[1], handler, table.unpack(d, 2, d.n))
+      if not ok2 then add_cleanup_error(res, e2, x) end
+    end
+  end
+  if owner then                                          -- step 4
+    local me = _atom.current()
+    for _, stop in ipairs(M.owner_end) do
+      local ok2, e2 = xpcall(stop, handler, me)
+      if not ok2 then add_cleanup_error(res, e2, x) end
+    end
+  end
+  if x.grace_error then add_cleanup_error(res, x.grace_error, x); x.grace_error = nil end
+  return table.unpack(res, 1, res.n)
+end
+
+_atom.set_trampoline(function(fn, ...) return finish(xpcall(fn, handler, ...)) end)
+
+return M

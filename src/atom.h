@@ -1,0 +1,153 @@
+/* atom.h — the one internal header of the atomlua C host.
+ * It names the pieces each src/ file provides to the others: the loop and
+ * runtime (lualib.c), the timer heap (timer.c), the scheduler (sched.c),
+ * errors and small helpers (util.c), and the registration hooks of the
+ * subsystems (proc.c, http.c, net.c, json.c). Lua-facing policy lives in lua/. */
+#ifndef ATOM_H
+#define ATOM_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define ATOM_VERSION "0.1.0"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Our uv handles keep handle->data == NULL and are found with container_of:
+ * luv's uv.walk() treats a non-NULL data pointer as one of its own handles. */
+
+/* {==== runtime (lualib.c) ==== */
+
+extern uv_loop_t *atom_loop; /* the one loop; created once per process */
+
+/* Opens the `_atom` C library, luv on our loop and the embedded Lua modules in L,
+ * then requires "atom" and leaves it on the stack. `cli` is true for the atomlua
+ * binary (signals, watchdog), false in module mode. */
+int runtime_open(lua_State *L, bool cli);
+/* Closes every handle still open on the loop and runs it until they are gone. */
+void runtime_close_handles(void);
+
+/* }==== */
+
+/* {==== timers (timer.c): one uv_timer_t over a binary heap of deadlines ==== */
+
+struct timer {
+  uint64_t due; /* uv_now() milliseconds */
+  uint64_t seq; /* ties break in start order */
+  int slot;     /* index in the heap, -1 when stopped */
+  void (*cb)(struct timer *);
+};
+
+void timer_init(struct timer *t); /* stopped state; call before first use */
+void timer_start(struct timer *t, double secs, void (*cb)(struct timer *));
+void timer_stop(struct timer *t); /* idempotent */
+static inline bool timer_active(const struct timer *t) { return t->slot >= 0; }
+uint64_t timer_next_due(void); /* earliest due time, UINT64_MAX when empty */
+int timer_count(void);
+void timer_shutdown(void); /* close the uv timer (end of process / module) */
+
+/* }==== */
+
+/* {==== scheduler (sched.c) ==== */
+
+struct task;
+
+/* A pending operation of one suspended task. The primitive that suspends owns
+ * the memory (or gets it from sched_wait_alloc) and fills `cancel`. */
+struct wait {
+  struct task *task;               /* the waiting task; NULL once woken or undone */
+  void (*cancel)(struct wait *w);  /* undo the armed operation; never wakes; may be NULL */
+  const char *what;                /* static label for messages ("sleep", "ev:wait()") */
+  bool blocks;                     /* true: only another task can end it (deadlock candidate) */
+};
+
+/* The task running in L, or NULL (main thread, luv callback, plain coroutine). */
+struct task *sched_current(lua_State *L);
+/* Entry of every call that can wait: raises `usage` outside a task (naming fname),
+ * raises `cancelled` when a cancellation is pending (a checkpoint), else returns
+ * the current task. */
+struct task *sched_enter(lua_State *L, const char *fname);
+/* Memory for a wait record anchored to the task until its next wait. */
+void *sched_wait_alloc(lua_State *L, struct task *t, size_t size);
+/* Suspend the current task on w until sched_wake. `timeout` < 0 means none; on
+ * expiry w->cancel runs and a `timeout` error "<desc> timed out after Xs" is
+ * raised. `desc_idx` is a stack index of a string describing the operation
+ * (e.g. 'expect n2 "committed"'), or 0 to use w->what. Use as
+ * `return sched_wait(L, w, timeout, idx);` — the C function then returns the
+ * values given to sched_wake. */
+int sched_wait(lua_State *L, struct wait *w, double timeout, int desc_idx);
+/* The thread on which a waker pushes the results for sched_wake. */
+lua_State *sched_thread(struct wait *w);
+/* Wake the task waiting on w with the nres values on top of sched_thread(w).
+ * Does nothing (pops the values) when w is no longer waited on. */
+void sched_wake(struct wait *w, int nres);
+/* Same, but the task raises the error value on top of sched_thread(w). */
+void sched_wake_error(struct wait *w);
+
+/* The nearest test task among t and its ancestors, else the root. */
+struct task *sched_owner(struct task *t);
+/* Fail `owner` like an unjoined child failure: the error value on top of L is
+ * popped, kept as the owner's outcome and delivered as cancellation. */
+void sched_fail(lua_State *L, struct task *owner);
+/* Push the task's handle userdata. */
+void sched_push_task(lua_State *L, struct task *t);
+const char *sched_task_name(lua_State *L, struct task *t); /* pushes nothing */
+bool sched_task_done(struct task *t);
+int sched_live_tasks(void);
+
+/* Called by the CLI when the run must stop (timeout, signal): cancel the root
+ * with this message. */
+void sched_cancel_root(lua_State *L, const char *message);
+
+/* }==== */
+
+/* {==== errors and helpers (util.c) ==== */
+
+/* Raise an atom error table {kind, message, task, traceback} whose tostring
+ * starts with the calling script's file:line. Never returns. */
+int util_error(lua_State *L, const char *kind, const char *fmt, ...);
+/* Push (without raising) such an error table; the caller may add fields. */
+void util_push_error(lua_State *L, const char *kind, const char *fmt, ...);
+/* Lua-style argument errors blaming the public function name:
+ * "bad argument #1 to 'sleep' (number expected, got string)", kind usage. */
+int util_argerror(lua_State *L, int arg, const char *fname, const char *extramsg);
+int util_typeerror(lua_State *L, int arg, const char *fname, const char *tname);
+lua_Number util_checknumber(lua_State *L, int arg, const char *fname);
+/* Optional last argument of waiting calls: a number, or a table with `timeout`.
+ * Returns the timeout (def when absent). */
+double util_opttimeout(lua_State *L, int arg, const char *fname, double def);
+/* Registry references with leak counting (ATOMLUA_DEBUG=leaks). */
+int util_ref(lua_State *L);
+void util_unref(lua_State *L, int *ref); /* stores LUA_NOREF */
+int util_live_refs(void);
+/* mkdir -p; raises io on failure. Lua: _atom.mkdir_p(path). */
+int util_mkdir_p(const char *path);
+/* "file:line" of the innermost frame that is not atom's own Lua code, or NULL. */
+const char *util_where(lua_State *L, char *buf, size_t size);
+double util_now(void); /* seconds since the run began (uv_hrtime) */
+
+/* }==== */
+
+/* {==== subsystems: each adds its functions to the `_atom` table on top ==== */
+
+void sched_register(lua_State *L);
+void proc_register(lua_State *L);
+void http_register(lua_State *L);
+void net_register(lua_State *L);
+void json_register(lua_State *L);
+void bytes_register(lua_State *L);
+
+/* Processes owned by a task (a test or a root): a list head the proc module
+ * keeps in the task record. The scheduler calls proc_kill_owned when the
+ * task's cleanup grace has passed (SIGKILL every owned group, no waiting). */
+void **sched_task_procs(struct task *t);
+void proc_kill_owned(struct task *t);
+int proc_live_children(void); /* unreaped children, for ATOMLUA_DEBUG=leaks */
+
+/* }==== */
+
+#endif

@@ -1,0 +1,179 @@
+/* lualib.c — opens the atomlua runtime in a lua_State: the `_atom` C library
+ * (every subsystem's functions), luv on our one loop with our own callback
+ * handler, and the embedded Lua modules of lua/ through package.preload.
+ * Also the entry point of module mode, `require "atom"` from stock lua5.4. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <luv/luv.h>
+
+#include "atom.h"
+
+struct embedded {
+  const char *module, *chunkname;
+  const unsigned char *data;
+  size_t len;
+};
+extern const struct embedded embedded_modules[];
+
+uv_loop_t *atom_loop;
+static uv_loop_t loop_storage;
+
+LUALIB_API int luaopen_luv(lua_State *L);
+void sched_shutdown(void);
+void util_register_extra(lua_State *L);
+
+/* Load module `i` of the embedded list, or from $ATOMLUA_PATH/<path> during
+ * development, with the chunk name of its source path. */
+static int embedded_loader(lua_State *L) {
+  const struct embedded *e = &embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
+  const char *dev = getenv("ATOMLUA_PATH");
+  int st;
+  if (dev && *dev) {
+    lua_pushfstring(L, "%s/%s", dev, e->chunkname + 1);
+    FILE *f = fopen(lua_tostring(L, -1), "rb");
+    if (!f) return luaL_error(L, "cannot open %s", lua_tostring(L, -1));
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    size_t n;
+    do {
+      char *p = luaL_prepbuffer(&b);
+      n = fread(p, 1, LUAL_BUFFERSIZE, f);
+      luaL_addsize(&b, n);
+    } while (n == LUAL_BUFFERSIZE);
+    fclose(f);
+    luaL_pushresult(&b);
+    size_t len;
+    const char *src = lua_tolstring(L, -1, &len);
+    st = luaL_loadbufferx(L, src, len, e->chunkname, "t");
+    lua_remove(L, -2);
+    lua_remove(L, -2);
+  } else {
+    st = luaL_loadbufferx(L, (const char *)e->data, e->len, e->chunkname, "t");
+  }
+  if (st != LUA_OK) return lua_error(L);
+  lua_pushstring(L, e->module);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* luv runs callbacks through this: an error in a luv callback fails the root
+ * task like an unjoined child (SPEC §3 "Outside tasks"), never exit(). */
+static int luv_callback_pcall(lua_State *L, int nargs, int nresults, int flags) {
+  (void)flags;
+  int top = lua_gettop(L) - nargs - 1;
+  int st = lua_pcall(L, nargs, nresults, 0);
+  if (st == LUA_OK) return nresults == LUA_MULTRET ? lua_gettop(L) - top : nresults;
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    util_push_error(L, "error", "error in a luv callback: %s", lua_tostring(L, -1));
+    lua_remove(L, -2);
+  }
+  sched_fail(L, sched_owner(NULL));
+  return -st;
+}
+
+static void loop_init(void) {
+  if (atom_loop) return;
+  uv_loop_init(&loop_storage);
+  atom_loop = &loop_storage;
+}
+
+int runtime_open(lua_State *L, bool cli) {
+  loop_init();
+  luaL_openlibs(L);
+  /* luv on our loop, with our callback handler: both before luaopen_luv. */
+  luv_set_loop(L, atom_loop);
+  luv_set_callback(L, luv_callback_pcall);
+  luaL_requiref(L, "luv", luaopen_luv, 0);
+  lua_pop(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_newtable(L); /* _atom */
+  sched_register(L);
+  proc_register(L);
+  http_register(L);
+  net_register(L);
+  json_register(L);
+  bytes_register(L);
+  util_register_extra(L);
+  lua_pushboolean(L, cli);
+  lua_setfield(L, -2, "cli");
+  lua_pushstring(L, ATOM_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_setfield(L, -2, "_atom");
+  lua_pop(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (int i = 0; embedded_modules[i].module; i++) {
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, embedded_loader, 1);
+    lua_setfield(L, -2, embedded_modules[i].module);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static void close_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void runtime_close_handles(void) {
+  timer_shutdown();
+  sched_shutdown();
+  uv_walk(atom_loop, close_cb, NULL);
+  while (uv_run(atom_loop, UV_RUN_NOWAIT)) {
+  }
+}
+
+/* {==== module mode ==== */
+
+static int l_mkdir_p(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  if (util_mkdir_p(path) != 0) return util_error(L, "io", "cannot create directory %s", path);
+  return 0;
+}
+
+LUALIB_API int luaopen_atom(lua_State *L);
+LUALIB_API int luaopen_atom(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "luv");
+  if (!lua_isnil(L, -1))
+    return luaL_error(L, "require \"atom\" must come before require \"luv\" (atom opens luv on its own loop)");
+  lua_pop(L, 2);
+  runtime_open(L, false);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_getfield(L, -1, "atom");
+  lua_pushstring(L, "atom");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* }==== */
+
+/* luv's handles keep a luv_handle_t in data whose first field is the registry
+ * ref of their userdata; ours keep NULL. (luv's own uv.walk asserts on
+ * foreign handles, so the runtime walks the loop itself.) */
+static void collect_luv_cb(uv_handle_t *h, void *arg) {
+  lua_State *L = arg;
+  if (!h->data || uv_is_closing(h)) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *(int *)h->data);
+  if (lua_isuserdata(L, -1))
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  else
+    lua_pop(L, 1);
+}
+
+/* _atom.luv_handles() -> list of the open luv handles */
+static int l_luv_handles(lua_State *L) {
+  lua_newtable(L);
+  uv_walk(atom_loop, collect_luv_cb, L);
+  return 1;
+}
+
+void util_register_extra(lua_State *L);
+void util_register_extra(lua_State *L) {
+  lua_pushcfunction(L, l_luv_handles);
+  lua_setfield(L, -2, "luv_handles");
+  lua_pushcfunction(L, l_mkdir_p);
+  lua_setfield(L, -2, "mkdir_p");
+}

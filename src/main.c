@@ -1,0 +1,336 @@
+/* main.c — the atomlua command line. A control Lua state runs lua/atom/cli.lua
+ * (arguments, checks, reporters, exit status); each scenario file then runs in
+ * a fresh Lua state of its own (run_file). This file also owns what must work
+ * even when Lua is stuck: signals, the run deadline and the watchdog thread. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atom.h"
+
+bool sched_preempt_if_running_longer(uint64_t ms);
+void sched_reset(void);
+void sched_abandon_root(void);
+int sched_open_handles(void);
+
+static lua_State *control;     /* runs cli.lua and the reporters */
+static lua_State *file_state;  /* the scenario file's state, while it runs */
+static int forward_ref = LUA_NOREF; /* control's function receiving events */
+
+/* {==== the end of a run: deadline, signals, watchdog ==== */
+
+static volatile sig_atomic_t first_signal; /* SIGINT, SIGTERM or SIGHUP */
+static uv_async_t signal_async;
+static struct timer run_deadline, run_grace;
+static double grace_secs = 10, timeout_secs = -1;
+static const char *stop_reason;          /* NULL while the run goes on */
+static volatile uint64_t hard_exit_ns;   /* watchdog exits at this time (0: never) */
+static volatile int hard_exit_code;
+
+static int signal_status(int sig) { return sig == SIGINT ? 130 : sig == SIGTERM ? 143 : 129; }
+
+static void signal_handler(int sig) {
+  if (first_signal) _exit(signal_status(first_signal)); /* a second signal: at once */
+  first_signal = sig;
+  uv_async_send(&signal_async); /* async-signal-safe */
+}
+
+static void run_grace_cb(struct timer *t) {
+  (void)t;
+  sched_abandon_root(); /* whatever still runs is abandoned */
+}
+
+/* Cancel the running scenario's root; all cleanups together get one grace. */
+static void stop_run(const char *reason, const char *message, int code, double from_ns) {
+  if (stop_reason) return;
+  stop_reason = reason;
+  hard_exit_code = code;
+  hard_exit_ns = (uint64_t)from_ns + (uint64_t)((grace_secs + 1) * 1e9);
+  if (file_state) {
+    sched_cancel_root(file_state, message);
+    timer_start(&run_grace, grace_secs, run_grace_cb);
+  }
+}
+
+static void run_deadline_cb(struct timer *t) {
+  (void)t;
+  char msg[96];
+  snprintf(msg, sizeof msg, "cancelled: run timed out after %.14gs", timeout_secs);
+  stop_run("timeout", msg, 124, (double)uv_hrtime());
+}
+
+static void signal_async_cb(uv_async_t *h) {
+  (void)h;
+  int sig = first_signal;
+  const char *name = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP";
+  char msg[64];
+  snprintf(msg, sizeof msg, "cancelled: interrupted by %s", name);
+  stop_run(name, msg, signal_status(sig), (double)uv_hrtime());
+}
+
+/* The watchdog does not depend on the loop: it preempts a task that runs too
+ * long while something is due, and ends the process when the grace plus one
+ * second has passed (SPEC §1 --timeout). */
+static void *watchdog_main(void *arg) {
+  (void)arg;
+  uint64_t deadline_ns = timeout_secs > 0 ? uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9) : 0;
+  for (;;) {
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    uint64_t now = uv_hrtime();
+    uint64_t due = timer_next_due();
+    bool overdue = due != UINT64_MAX && now / 1000000 > due + 50;
+    if (first_signal || overdue || (deadline_ns && now > deadline_ns - (uint64_t)((grace_secs + 1) * 1e9)))
+      sched_preempt_if_running_longer(100);
+    int code = 0;
+    if (deadline_ns && now > deadline_ns) code = 124;
+    if (first_signal && hard_exit_ns && now > hard_exit_ns) code = signal_status(first_signal);
+    if (code) {
+      fflush(stdout);
+      fprintf(stderr, "atomlua: cleanups did not finish in time; exiting\n");
+      _exit(code);
+    }
+  }
+  return NULL;
+}
+
+/* }==== */
+
+/* {==== copying plain values between the control and file states ==== */
+
+static void copy_value(lua_State *from, int idx, lua_State *to, int depth) {
+  idx = lua_absindex(from, idx);
+  luaL_checkstack(to, 4, "copy");
+  switch (lua_type(from, idx)) {
+    case LUA_TBOOLEAN:
+      lua_pushboolean(to, lua_toboolean(from, idx));
+      break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(from, idx))
+        lua_pushinteger(to, lua_tointeger(from, idx));
+      else
+        lua_pushnumber(to, lua_tonumber(from, idx));
+      break;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(from, idx, &n);
+      lua_pushlstring(to, s, n);
+      break;
+    }
+    case LUA_TTABLE:
+      if (depth > 32) {
+        lua_pushliteral(to, "...");
+        break;
+      }
+      lua_newtable(to);
+      if (luaL_getmetafield(from, idx, "__tostring") != LUA_TNIL) {
+        lua_pop(from, 1);
+        luaL_tolstring(from, idx, NULL);
+        lua_pushstring(to, lua_tostring(from, -1));
+        lua_setfield(to, -2, "_str");
+        lua_pop(from, 1);
+      }
+      lua_pushnil(from);
+      while (lua_next(from, idx)) {
+        int kt = lua_type(from, -2);
+        if (kt == LUA_TSTRING || kt == LUA_TNUMBER || kt == LUA_TBOOLEAN) {
+          copy_value(from, -2, to, depth + 1);
+          copy_value(from, -1, to, depth + 1);
+          lua_rawset(to, -3);
+        }
+        lua_pop(from, 1);
+      }
+      break;
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(from, idx) == NULL) { /* json null */
+        lua_pushlightuserdata(to, NULL);
+        break;
+      }
+      /* fallthrough */
+    default:
+      if (lua_isnil(from, idx)) {
+        lua_pushnil(to);
+      } else {
+        luaL_tolstring(from, idx, NULL);
+        lua_pushstring(to, lua_tostring(from, -1));
+        lua_pop(from, 1);
+      }
+  }
+}
+
+/* _atom.forward(ev) in a file state: hand an event to the control state. */
+static int l_forward(lua_State *L) {
+  if (forward_ref == LUA_NOREF) return 0;
+  lua_rawgeti(control, LUA_REGISTRYINDEX, forward_ref);
+  copy_value(L, 1, control, 0);
+  if (lua_pcall(control, 1, 0, 0) != LUA_OK) {
+    fprintf(stderr, "atomlua: reporter error: %s\n", lua_tostring(control, -1));
+    lua_pop(control, 1);
+  }
+  return 0;
+}
+
+static int l_set_forward(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  forward_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* }==== */
+
+/* {==== running one scenario file in a fresh state ==== */
+
+static int leaks_found;
+
+static void report_leaks(const char *what) {
+  int tasks = sched_live_tasks(), handles = sched_open_handles(), refs = util_live_refs(),
+      children = proc_live_children();
+  fprintf(stderr, "atomlua: leaks after %s: tasks=%d handles=%d refs=%d children=%d\n", what, tasks, handles,
+          refs, children);
+  if (tasks || handles || refs || children) leaks_found = 1;
+}
+
+/* _atom.stop_reason() -> nil | "timeout" | "SIGINT" | ... */
+static int l_stop_reason(lua_State *L) {
+  if (!stop_reason) return 0;
+  lua_pushstring(L, stop_reason);
+  return 1;
+}
+
+/* _atom.run_file(entry_module, config) -> result table: runs
+ * require(entry_module).main(config) in a new Lua state. */
+static int l_run_file(lua_State *L) {
+  const char *entry = luaL_checkstring(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_State *F = luaL_newstate();
+  if (!F) return luaL_error(L, "out of memory");
+  runtime_open(F, true);
+  lua_getfield(F, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(F, -1, "_atom");
+  lua_pushcfunction(F, l_forward);
+  lua_setfield(F, -2, "forward");
+  lua_pushcfunction(F, l_stop_reason);
+  lua_setfield(F, -2, "stop_reason");
+  lua_pop(F, 2);
+  file_state = F;
+  lua_getglobal(F, "require");
+  lua_pushstring(F, entry);
+  int st = lua_pcall(F, 1, 1, 0);
+  if (st == LUA_OK) {
+    lua_getfield(F, -1, "main");
+    copy_value(L, 2, F, 0);
+    st = lua_pcall(F, 1, 1, 0);
+  }
+  if (st == LUA_OK) {
+    copy_value(F, -1, L, 0);
+  } else {
+    lua_newtable(L);
+    lua_pushstring(L, lua_tostring(F, -1) ? lua_tostring(F, -1) : "error");
+    lua_setfield(L, -2, "internal_error");
+  }
+  file_state = NULL;
+  timer_stop(&run_grace);
+  const char *dbg = getenv("ATOMLUA_DEBUG");
+  if (dbg && strstr(dbg, "leaks")) report_leaks(entry);
+  lua_close(F);
+  sched_reset();
+  return 1;
+}
+
+/* _atom.set_limits(timeout, grace): arm the run deadline and the watchdog. */
+static int l_set_limits(lua_State *L) {
+  timeout_secs = luaL_optnumber(L, 1, -1);
+  grace_secs = luaL_optnumber(L, 2, 10);
+  if (timeout_secs > 0) timer_start(&run_deadline, timeout_secs, run_deadline_cb);
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  if (pthread_create(&th, &attr, watchdog_main, NULL) == 0) pthread_detach(th);
+  pthread_attr_destroy(&attr);
+  return 0;
+}
+
+/* _atom.stop_run(reason, message): e.g. --fail-fast stopping the scenario. */
+static int l_stop_run(lua_State *L) {
+  const char *reason = luaL_checkstring(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  if (!stop_reason && file_state) sched_cancel_root(file_state, msg);
+  (void)reason;
+  return 0;
+}
+
+static int l_leaks_found(lua_State *L) {
+  lua_pushboolean(L, leaks_found);
+  return 1;
+}
+
+/* }==== */
+
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = lua_touserdata(L, 2);
+  runtime_open(L, true);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "_atom");
+  static const luaL_Reg cli_fns[] = {{"run_file", l_run_file},       {"set_forward", l_set_forward},
+                                     {"set_limits", l_set_limits},   {"stop_reason", l_stop_reason},
+                                     {"stop_run", l_stop_run},       {"leaks_found", l_leaks_found},
+                                     {NULL, NULL}};
+  luaL_setfuncs(L, cli_fns, 0);
+  lua_pop(L, 2);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "atom.cli");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, argc, 0);
+  for (int i = 1; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  /* The loop and its signal wake-up exist before any Lua runs. */
+  lua_State *L = luaL_newstate();
+  if (!L) return 70;
+  control = L;
+  runtime_open(L, true);
+  uv_async_init(atom_loop, &signal_async, signal_async_cb);
+  uv_unref((uv_handle_t *)&signal_async);
+  timer_init(&run_deadline);
+  timer_init(&run_grace);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = signal_handler;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  lua_close(L); /* pmain opens a clean state; the first only made the loop */
+  L = luaL_newstate();
+  control = L;
+  lua_pushcfunction(L, pmain);
+  lua_pushinteger(L, argc);
+  lua_pushlightuserdata(L, argv);
+  int code;
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    fprintf(stderr, "atomlua: %s\n", lua_tostring(L, -1));
+    code = 70;
+  } else {
+    code = (int)lua_tointeger(L, -1);
+  }
+  fflush(stdout);
+  /* Exit without closing the control state: the reports are written and the
+   * reaper stops whatever process is left when our pipe to it closes. */
+  _exit(code);
+}

@@ -1,0 +1,171 @@
+/* spawn.c — starting one child: PATH lookup in the parent, then
+ * clone(CLONE_VM|CLONE_VFORK) + execve, the way glibc's posix_spawn does it,
+ * plus what posix_spawn cannot do in one call: a process group of its own,
+ * PR_SET_PDEATHSIG and a pidfd (CLONE_PIDFD). Pipes, reaping and everything
+ * Lua-facing live in proc.c; this file knows nothing of Lua or libuv. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "proc.h"
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+/* {==== PATH lookup ==== */
+
+static int check_exec(const char *path) {
+  struct stat st;
+  if (stat(path, &st) < 0) return -errno;
+  if (!S_ISREG(st.st_mode)) return -EACCES;
+  if (access(path, X_OK) < 0) return -errno;
+  return 0;
+}
+
+int spawn_lookup(const char *prog, const char *path_env, char *out, size_t outsz) {
+  if (!prog[0]) return -ENOENT;
+  if (strchr(prog, '/')) {
+    /* Relative paths are taken against atomlua's cwd, before the child's
+     * `cwd` applies (SPEC §4), so make them absolute here. */
+    if (prog[0] == '/') {
+      if (strlen(prog) >= outsz) return -ENAMETOOLONG;
+      strcpy(out, prog);
+    } else {
+      char cwd[PATH_MAX];
+      if (!getcwd(cwd, sizeof cwd)) return -errno;
+      if ((size_t)snprintf(out, outsz, "%s/%s", cwd, prog) >= outsz) return -ENAMETOOLONG;
+    }
+    return check_exec(out);
+  }
+  if (!path_env) path_env = SPAWN_DEFAULT_PATH;
+  int err = -ENOENT;
+  const char *p = path_env;
+  for (;;) {
+    const char *end = strchrnul(p, ':');
+    size_t dlen = (size_t)(end - p);
+    /* An empty PATH entry means the current directory, as for execvp. */
+    int n = dlen ? snprintf(out, outsz, "%.*s/%s", (int)dlen, p, prog) : snprintf(out, outsz, "%s", prog);
+    if (n > 0 && (size_t)n < outsz) {
+      int r = check_exec(out);
+      if (r == 0) return 0;
+      if (r == -EACCES) err = r; /* remember a non-executable match, keep looking */
+    }
+    if (!*end) break;
+    p = end + 1;
+  }
+  return err;
+}
+
+/* }==== */
+
+/* {==== the vfork child ==== */
+
+struct child {
+  const struct spawn_req *req;
+  pid_t parent;
+  volatile int err;            /* errno of the failed step, written by the child */
+  const char *volatile stage;  /* which step failed */
+};
+
+/* The kernel's sigaction layout, so the child resets dispositions through
+ * raw syscalls and never enters a libc or sanitizer wrapper. */
+struct ksigaction {
+  void (*handler)(int);
+  unsigned long flags;
+  void (*restorer)(void);
+  uint64_t mask;
+};
+
+#define CHILD_FAIL(c, what)   \
+  do {                        \
+    (c)->err = errno;         \
+    (c)->stage = (what);      \
+    _exit(127);               \
+  } while (0)
+
+/* Runs on its own stack, sharing memory with the suspended parent: only
+ * syscalls, no allocation, and failure is reported through *c. */
+__attribute__((no_sanitize("address", "undefined"))) static int child_main(void *arg) {
+  struct child *c = arg;
+  const struct spawn_req *r = c->req;
+  if (setpgid(0, 0) < 0) CHILD_FAIL(c, "setpgid");
+  /* Covers the moment before the reaper knows this group (reaper.c). */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != c->parent) _exit(127);
+  int fds[3] = {r->fd_in, r->fd_out, r->fd_err};
+  /* A source that already sits on a low fd it is not meant for would be
+   * overwritten by an earlier dup2: move it out of the way first. */
+  for (int i = 0; i < 3; i++)
+    if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i) {
+      fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+      if (fds[i] < 0) CHILD_FAIL(c, "dup");
+    }
+  for (int i = 0; i < 3; i++) {
+    if (fds[i] < 0) continue;
+    if (fds[i] == i) {
+      if (fcntl(i, F_SETFD, 0) < 0) CHILD_FAIL(c, "fcntl");
+    } else if (dup2(fds[i], i) < 0) {
+      CHILD_FAIL(c, "dup2");
+    }
+  }
+  /* Whatever the host opened without O_CLOEXEC (Lua's io.open does) must not
+   * leak into the node processes. */
+  syscall(SYS_close_range, 3U, ~0U, 0U);
+  if (r->cwd && chdir(r->cwd) < 0) CHILD_FAIL(c, "chdir");
+  /* Default dispositions (atomlua ignores SIGPIPE; children must not), then
+   * an empty mask: the parent blocked everything around clone. */
+  struct ksigaction dfl = {0};
+  for (int sig = 1; sig < 65; sig++)
+    if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+  uint64_t empty = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8);
+  execve(r->path, r->argv, r->envp);
+  CHILD_FAIL(c, "exec");
+  return 127;
+}
+
+/* One stack for every child: CLONE_VFORK suspends the parent until the child
+ * execs or exits, and only the loop thread spawns. */
+static char child_stack[64 * 1024] __attribute__((aligned(64)));
+
+int spawn_start(const struct spawn_req *r, pid_t *pid_out, int *pidfd_out, const char **stage) {
+  struct child c = {.req = r, .parent = getpid(), .err = 0, .stage = NULL};
+  sigset_t all, old;
+  sigfillset(&all);
+  /* A signal handler must never run in the child on the parent's memory. */
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pidfd = -1;
+  pid_t pid = clone(child_main, child_stack + sizeof child_stack,
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &c, &pidfd);
+  int e = errno;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (pid < 0) {
+    *stage = "clone";
+    return -e;
+  }
+  if (c.err) {
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (pidfd >= 0) close(pidfd);
+    *stage = c.stage;
+    return -c.err;
+  }
+  *pid_out = pid;
+  *pidfd_out = pidfd;
+  return 0;
+}
+
+/* }==== */
