@@ -227,6 +227,7 @@ class Cell:
     def __init__(self):
         self.values, self.rss, self.cpu, self.extra, self.reason = [], [], [], [], None
         self.cpu_per_req = []
+        self.spent = 0.0  # seconds of wall time used by this cell's runs
 
     def median(self, what="values"):
         v = getattr(self, what)
@@ -242,15 +243,18 @@ def measure(runner, wl, impls, repeat, verbose):
     for rep in range(repeat):
         for name, spec in impls.items():
             cell = cells[name]
-            if cell.reason:
-                continue
+            if cell.reason or cell.spent > wl.get("budget", 25):
+                continue  # failed, or slow enough that fewer runs must do
             argv, parse = spec if isinstance(spec, tuple) else (spec, None)
             r = runner.run(argv, wl["timeout"])
+            cell.spent += r.wall
             res = (parse or Run.result)(r) if r.ok else None
             key = wl["key"]
             if res is None or key not in res:
+                last = (r.out.strip().splitlines() or [""])[-1][:80]
                 cell.reason = r.reason(wl["timeout"]) if not r.ok else (
-                    "no RESULT line" if res is None else f"RESULT has no {key}")
+                    f"no RESULT line (last line: {last!r})" if res is None else
+                    res.get("error") or f"RESULT has no {key}")
                 if verbose:
                     log(f"  {wl['id']} {name} run {rep + 1}: {cell.reason}\n{r.out}{r.err}")
                 continue
@@ -296,7 +300,7 @@ def parse_wrk(r):
         return None
     errors = re.search(r"(Non-2xx or 3xx responses: \d+|Socket errors:.*)", r.out)
     if errors:
-        return None
+        return {"error": "wrk reported " + errors.group(1).strip()}
     return {"req_per_s": float(m.group(1)), "n": float(n.group(1))}
 
 
@@ -530,7 +534,10 @@ def main():
             tgt = f"{target}: {verdict(values['atomlua'], op, bound)}" if op else target
             rows.append({"id": wid, "metric": metric, "unit": unit, "values": values,
                          "target": tgt, "has": has})
-            data.setdefault(wid, {})[metric] = values
+            data.setdefault(wid, {})[f"{metric} ({unit})"] = {
+                name: {"median": values[name],
+                       "runs": list(getattr(cells[name], what)) if name in cells else []}
+                for name in IMPLS if name in cells}
 
         reasons = {}  # (impl, reason) -> [workload ids], to print each reason once
 
@@ -542,6 +549,12 @@ def main():
                     if wid not in ids:
                         ids.append(wid)
 
+        def notes_runs(wid, cells):
+            for name, c in cells.items():
+                if not c.reason and 0 < len(c.values) < args.repeat:
+                    notes.append(f"{wid} {name}: only {len(c.values)} run(s), "
+                                 f"the time budget of the workload was spent")
+
         def skipped_cells(reason):
             cells = {n: Cell() for n in IMPLS}
             for c in cells.values():
@@ -550,28 +563,31 @@ def main():
 
         if want("W1"):
             log("W1: 10,000 sleeping tasks gathered ...")
-            wl = {"id": "W1", "key": "overhead_ms", "timeout": 30}
+            wl = {"id": "W1", "key": "overhead_ms", "timeout": 20}
             cells = measure(runner, wl, impls("w1"), args.repeat, args.verbose)
             add_row("W1", "gather overhead", "ms", cells, "values", "<= 15 ms", "<=", 15)
             add_row("W1", "peak RSS", "MB", cells, "rss", "<= 20 MB", "<=", 20)
             add_notes("W1", cells)
+            notes_runs("W1", cells)
 
         if want("W2"):
             log("W2: cancel 10,000 tasks after a failure ...")
-            wl = {"id": "W2", "key": "cancel_ms", "timeout": 20}
+            wl = {"id": "W2", "key": "cancel_ms", "timeout": 15}
             cells = measure(runner, wl, impls("w2"), args.repeat, args.verbose)
             add_row("W2", "failure to raise", "ms", cells, "values", "<= 5 ms", "<=", 5)
             add_notes("W2", cells)
+            notes_runs("W2", cells)
 
         if want("W3"):
             log("W3: 1,000 x /bin/true, 32 in flight ...")
             exe = os.path.join(tmp, "spawn_limit")
             limit = build_c("spawn_limit.c", exe) or [exe, "1000", "32"]
-            wl = {"id": "W3", "key": "procs_per_s", "timeout": 60}
+            wl = {"id": "W3", "key": "procs_per_s", "timeout": 30}
             cells = measure(runner, wl, impls("w3", limit=limit), args.repeat, args.verbose)
             add_row("W3", "processes", "procs/s", cells, "values", ">= 80% of limit", ">=",
                     lambda v: 0.8 * v["limit"] if v["limit"] else None, has=("limit",))
             add_notes("W3", cells)
+            notes_runs("W3", cells)
 
         if want("W4"):
             rnd = random.Random(args.seed)
@@ -579,11 +595,12 @@ def main():
             log(f"W4: 16 children until ready, then stopped (delays {' '.join(delays)}) ...")
             exe = os.path.join(tmp, "ready_limit")
             limit = build_c("ready_limit.c", exe) or [exe] + delays
-            wl = {"id": "W4", "key": "overhead_ms", "timeout": 20}
+            wl = {"id": "W4", "key": "overhead_ms", "timeout": 15}
             cells = measure(runner, wl, impls("w4", delays, limit=limit), args.repeat, args.verbose)
             add_row("W4", "ready+stop overhead", "ms", cells, "values", "<= 6 ms", "<=", 6,
                     has=("limit",))
             add_notes("W4", cells)
+            notes_runs("W4", cells)
             notes.append(f"W4 delays (seed {args.seed}, longest {max(map(float, delays)) * 1000:.0f} ms): "
                          + " ".join(delays))
 
@@ -598,7 +615,7 @@ def main():
                 wrk = shutil.which("wrk")
                 limit = ([wrk, "-t1", "-c64", "-d3s", "-s", B("w5_wrk.lua"), nginx.url], parse_wrk) \
                     if wrk else "wrk not installed"
-                wl = {"id": "W5", "key": "req_per_s", "timeout": 60}
+                wl = {"id": "W5", "key": "req_per_s", "timeout": 30, "budget": 30}
                 cells = measure(runner, wl, impls("w5", [nginx.url, n, "64"], limit=limit),
                                 args.repeat, args.verbose)
                 # Client CPU per request: the whole process's user+system time / requests.
@@ -611,6 +628,7 @@ def main():
             add_row("W5", "client CPU", "µs/req", cells, "cpu_per_req", "(libcurl multi: 13)",
                     has=("limit",))
             add_notes("W5", cells)
+            notes_runs("W5", cells)
 
         if want("W6"):
             log(f"W6: start-up of an empty program, {args.startup_runs} runs each ...")

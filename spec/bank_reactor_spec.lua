@@ -3,9 +3,14 @@
 -- atom.test and atom.defer built on luv spins the loop until each operation is
 -- done. It checks the reactor's RESP code and logic, not atomlua's scheduler;
 -- once `atomlua trace` works, the e2e run replaces this.
-package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
+-- Not ./lua/?/init.lua: other specs load the real `atom` from build/atom.so.
+package.path = "./lua/?.lua;" .. package.path
 
-package.preload["atom.json"] = package.preload["atom.json"] or function()
+-- atom.json is C code in the binary; outside it, stand in with lua-cjson and
+-- the same decoding rules (integral numbers within 2^53 become integers, null is
+-- cjson.null, errors have kind "json"). Set in package.loaded, which busted
+-- restores after this file, so other spec files never see it.
+if not pcall(require, "atom.json") then
   local cjson = require("cjson")
   local errors = require("atom.errors")
   local function fix(v)
@@ -18,8 +23,9 @@ package.preload["atom.json"] = package.preload["atom.json"] or function()
     end
     return v
   end
-  return {
+  package.loaded["atom.json"] = {
     null = cjson.null,
+    encode = cjson.encode,
     decode = function(s)
       local ok, v = pcall(cjson.decode, s)
       if not ok then errors.raise("json", tostring(v)) end
@@ -65,11 +71,11 @@ function fake.free_port()
 end
 
 function fake.spawn(spec)
-  local out = uv.new_pipe()
+  local out, inp = uv.new_pipe(), uv.new_pipe() -- not fd 0: CI may have none
   local args = {}
   for i = 2, #spec do args[#args + 1] = tostring(spec[i]) end
   local p = { lines = {}, buf = "", cursor = 1, exited = false }
-  p.handle = uv.spawn(spec[1], { args = args, stdio = { 0, out, 2 } }, function()
+  p.handle = uv.spawn(spec[1], { args = args, stdio = { inp, out, 2 } }, function()
     p.exited = true
   end)
   assert(p.handle, "spawn failed")
@@ -80,7 +86,7 @@ function fake.spawn(spec)
       p.buf = p.buf:match("[^\n]*$")
     end
   end)
-  p.out = out
+  p.out, p.inp = out, inp
   function p:expect(pattern, secs)
     local found
     spin(function()
@@ -104,6 +110,7 @@ local function stop_all()
     if not p.exited then p.handle:kill("sigterm") end
     spin(function() return p.exited end, 10, "exit")
     p.out:close()
+    p.inp:close()
     p.handle:close()
   end
   procs = {}
@@ -124,7 +131,7 @@ function fake.tcp.connect(host, port)
     assert(not e, e)
     if data then s.buf = s.buf .. data else s.eof = true end
   end)
-  function s:write(data)
+  function s.write(_, data)
     local written = false
     c:write(data, function() written = true end)
     spin(function() return written end, 10, "write")
@@ -142,7 +149,7 @@ function fake.tcp.connect(host, port)
     self.buf = self.buf:sub(n + 1)
     return data
   end
-  function s:close()
+  function s.close()
     if not c:is_closing() then c:close() end
   end
   return s

@@ -44,7 +44,16 @@ static struct {
   struct sock **socks; /* indexed by fd */
   int nsocks;
   int in_flight;
+  int peak; /* most transfers in flight at once, for the connection cache */
 } M;
+
+/* Idle connections kept: curl's default is four per easy handle *currently*
+ * added, which drops to a handful whenever the finished transfers have left
+ * and the tasks have not started their next ones yet, so keep-alive
+ * connections would be closed and reopened all the time. Size it from the
+ * peak instead. */
+#define CACHE_MIN 64
+#define CACHE_PER_TRANSFER 2
 
 /* {==== loading libcurl ==== */
 
@@ -252,6 +261,8 @@ bool curlm_start(char *err, size_t errsize) {
   }
   cu.multi_setopt(M.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
   cu.multi_setopt(M.multi, CURLMOPT_TIMERFUNCTION, timer_fn);
+  cu.multi_setopt(M.multi, CURLMOPT_MAXCONNECTS, (long)CACHE_MIN);
+  M.peak = 0;
   return true;
 }
 
@@ -267,7 +278,12 @@ CURL *curlm_easy_new(void) {
 CURLMcode curlm_add(CURL *e, struct xfer *x) {
   cu.easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
   CURLMcode rc = cu.multi_add_handle(M.multi, e);
-  if (rc == CURLM_OK) M.in_flight++;
+  if (rc != CURLM_OK) return rc;
+  if (++M.in_flight > M.peak) {
+    M.peak = M.in_flight;
+    if (M.peak * CACHE_PER_TRANSFER > CACHE_MIN)
+      cu.multi_setopt(M.multi, CURLMOPT_MAXCONNECTS, (long)(M.peak * CACHE_PER_TRANSFER));
+  }
   return rc;
 }
 

@@ -296,7 +296,8 @@ static struct curl_slist *build_headers(lua_State *L, int idx, bool json, bool h
   struct curl_slist *l = NULL;
   /* curl would wait up to 1 s for `100 Continue` before a large body. */
   if (!has_expect) l = cu.slist_append(l, "Expect:");
-  if (json && !has_ct) l = cu.slist_append(l, "Content-Type: application/json");
+  /* Without a type curl would label a body as a form; send none instead. */
+  if (!has_ct) l = cu.slist_append(l, json ? "Content-Type: application/json" : "Content-Type:");
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pushvalue(L, -1); /* tostring on a copy: numbers stay numbers in the table */
@@ -358,7 +359,7 @@ static int l_http_perform(lua_State *L) {
     r->hdrs = build_headers(L, 4, json, has_ct, has_expect);
     cu.easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
   } else {
-    if (!plain_hdrs) plain_hdrs = cu.slist_append(NULL, "Expect:");
+    if (!plain_hdrs) plain_hdrs = cu.slist_append(cu.slist_append(NULL, "Expect:"), "Content-Type:");
     if (!json_hdrs) json_hdrs = cu.slist_append(cu.slist_append(NULL, "Expect:"), "Content-Type: application/json");
     cu.easy_setopt(e, CURLOPT_HTTPHEADER, json ? json_hdrs : plain_hdrs);
   }

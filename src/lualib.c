@@ -2,6 +2,7 @@
  * (every subsystem's functions), luv on our one loop with our own callback
  * handler, and the embedded Lua modules of lua/ through package.preload.
  * Also the entry point of module mode, `require "atom"` from stock lua5.4. */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,11 @@ static int luv_callback_pcall(lua_State *L, int nargs, int nresults, int flags) 
   return -st;
 }
 
+static int preload_self(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  return 1;
+}
+
 static void loop_init(void) {
   if (atom_loop) return;
   uv_loop_init(&loop_storage);
@@ -100,9 +106,17 @@ int runtime_open(lua_State *L, bool cli) {
   lua_setfield(L, -2, "cli");
   lua_pushstring(L, ATOM_VERSION);
   lua_setfield(L, -2, "version");
-  lua_setfield(L, -2, "_atom");
-  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "_atom");
+  lua_pop(L, 2);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  /* busted's insulation empties package.loaded between spec files, not
+   * package.preload: let `require "_atom"` find the same table again. */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "_atom");
+  lua_pushcclosure(L, preload_self, 1);
+  lua_setfield(L, -3, "_atom");
+  lua_pop(L, 1);
   for (int i = 0; embedded_modules[i].module; i++) {
     lua_pushinteger(L, i);
     lua_pushcclosure(L, embedded_loader, 1);
@@ -140,6 +154,11 @@ LUALIB_API int luaopen_atom(lua_State *L) {
   if (!lua_isnil(L, -1))
     return luaL_error(L, "require \"atom\" must come before require \"luv\" (atom opens luv on its own loop)");
   lua_pop(L, 2);
+  /* Never unload: the preemption thread runs our code until the process
+   * ends, and lua_close would dlclose the module under it. */
+  Dl_info info;
+  if (dladdr((void *)luaopen_atom, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
   runtime_open(L, false);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_getfield(L, -1, "atom");

@@ -1,6 +1,710 @@
-/* proc.c — placeholder until its issue lands. */
-#include "atom.h"
+/* proc.c — the life of a spawned process (SPEC §4): start it (spawn.c) with
+ * its pipes, read its output into its outbuf, notice its exit through a
+ * pidfd, stop its group (TERM, CONT, grace, KILL), fail its owner when a
+ * critical process dies, and release everything once it is over. Tasks wait
+ * on a process through proclua.c; the public API is lua/atom/proc.lua.
+ * Children are reaped one pid at a time, never with waitpid(-1): luv's
+ * uv.spawn children belong to libuv. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
-void proc_register(lua_State *L) { (void)L; }
-int proc_live_children(void) { return 0; }
-void proc_kill_owned(struct task *t) { (void)t; }
+#include "atom.h"
+#include "proc.h"
+
+/* Wanted from sched.c: true once t's function has returned or raised, so a
+ * critical exit after that is not the owner's failure. Weak until it exists. */
+bool sched_task_returned(struct task *t) __attribute__((weak));
+
+lua_State *proc_L;
+static struct proc *live_head; /* every process not yet released */
+static int live_children;      /* spawned and not yet reaped */
+static int devnull = -1;
+
+static char readbuf[64 * 1024]; /* one loop thread: every read goes through it */
+
+static void on_exit_cb(struct proc *p);
+static void maybe_release(struct proc *p);
+
+/* {==== small helpers ==== */
+
+static bool owner_running(struct task *t) {
+  if (!t || sched_task_done(t)) return false;
+  return !(sched_task_returned && sched_task_returned(t));
+}
+
+/* True while some member of the group may still run. */
+static bool group_alive(struct proc *p) {
+  if (p->group_done) return false;
+  if (kill(-p->pid, 0) < 0 && errno == ESRCH) {
+    p->group_done = true;
+    return false;
+  }
+  return true;
+}
+
+static void group_signal(struct proc *p, int sig) {
+  if (!p->group_done && kill(-p->pid, sig) < 0 && errno == ESRCH) p->group_done = true;
+}
+
+void proc_push_status(lua_State *L, struct proc *p) {
+  if (!p->reaped) {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  } else if (WIFSIGNALED(p->status)) {
+    lua_pushnil(L);
+    proc_push_signame(L, WTERMSIG(p->status));
+  } else {
+    lua_pushinteger(L, WEXITSTATUS(p->status));
+    lua_pushnil(L);
+  }
+}
+
+void proc_push_signame(lua_State *L, int sig) {
+  const char *name = sigabbrev_np(sig);
+  if (name)
+    lua_pushstring(L, name);
+  else
+    lua_pushfstring(L, "%d", sig);
+}
+
+/* Our handles keep data == NULL (luv's uv.walk); the owner is found by
+ * container_of, and closing counts down p->handles. */
+static void rpipe_close_cb(uv_handle_t *h) {
+  struct rpipe *rp = container_of((uv_poll_t *)h, struct rpipe, h);
+  struct proc *p = rp->p;
+  p->handles--;
+  maybe_release(p);
+}
+
+static void exit_close_cb(uv_handle_t *h) {
+  struct proc *p = container_of((uv_poll_t *)h, struct proc, exit_h);
+  p->handles--;
+  maybe_release(p);
+}
+
+static void in_close_cb(uv_handle_t *h) {
+  struct proc *p = container_of((uv_poll_t *)h, struct proc, in_h);
+  p->handles--;
+  maybe_release(p);
+}
+
+/* }==== */
+
+/* {==== waiters ==== */
+
+void proc_wait_link(struct proc *p, struct pwait *pw) {
+  pw->p = p;
+  pw->prev = NULL;
+  pw->next = p->waiters;
+  if (p->waiters) p->waiters->prev = pw;
+  p->waiters = pw;
+}
+
+void proc_wait_unlink(struct pwait *pw) {
+  struct proc *p = pw->p;
+  if (!p) return;
+  if (pw->prev)
+    pw->prev->next = pw->next;
+  else
+    p->waiters = pw->next;
+  if (pw->next) pw->next->prev = pw->prev;
+  pw->p = NULL;
+  pw->next = pw->prev = NULL;
+}
+
+/* Wake every waiter of `kind` that `ready` accepts; values from `push`. */
+static void wake_kind(struct proc *p, int kind, bool (*ready)(struct pwait *), void (*push)(lua_State *, struct pwait *),
+                      int nres) {
+  struct pwait *pw = p->waiters, *next;
+  for (; pw; pw = next) {
+    next = pw->next;
+    if (pw->kind != kind || (ready && !ready(pw))) continue;
+    proc_wait_unlink(pw);
+    lua_State *T = sched_thread(&pw->w);
+    if (!T) continue;
+    pw->p = p; /* for push */
+    push(T, pw);
+    pw->p = NULL;
+    sched_wake(&pw->w, nres);
+  }
+}
+
+static bool line_ready(struct pwait *pw) { return pw->pos < pw->p->ob.next || pw->p->out_ended; }
+static bool exit_ready(struct pwait *pw) { return !pw->full || pw->p->out_ended; }
+static void push_nothing(lua_State *T, struct pwait *pw) {
+  (void)T;
+  (void)pw;
+}
+static void push_status_w(lua_State *T, struct pwait *pw) { proc_push_status(T, pw->p); }
+
+static void wake_lines(struct proc *p) { wake_kind(p, W_LINE, line_ready, push_nothing, 0); }
+
+/* }==== */
+
+/* {==== output ==== */
+
+static void rpipe_close(struct proc *p, int s) {
+  struct rpipe *rp = &p->out[s];
+  if (rp->fd < 0) return;
+  uv_poll_stop(&rp->h);
+  close(rp->fd);
+  rp->fd = -1;
+  uv_close((uv_handle_t *)&rp->h, rpipe_close_cb);
+  outbuf_eof(&p->ob, s);
+}
+
+/* Read what stream s has now (at most max reads of 64 KiB, 0: all). */
+static void read_some(struct proc *p, int s, int max) {
+  struct rpipe *rp = &p->out[s];
+  for (int i = 0; rp->fd >= 0 && (max == 0 || i < max); i++) {
+    ssize_t k = read(rp->fd, readbuf, sizeof readbuf);
+    if (k > 0) {
+      outbuf_feed(&p->ob, s, readbuf, (size_t)k);
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    rpipe_close(p, s); /* EOF or error */
+  }
+}
+
+static void end_output(struct proc *p) {
+  if (p->out_ended) return;
+  p->out_ended = true;
+  timer_stop(&p->eof_timer);
+  wake_lines(p);
+  wake_kind(p, W_EXIT, exit_ready, push_status_w, 2);
+}
+
+/* End of output is EOF on both pipes once the process has exited. */
+static void check_output_end(struct proc *p) {
+  if (p->reaped && p->out[0].fd < 0 && p->out[1].fd < 0) end_output(p);
+}
+
+static void out_cb(uv_poll_t *h, int status, int events) {
+  (void)events;
+  struct rpipe *rp = container_of(h, struct rpipe, h);
+  struct proc *p = rp->p;
+  if (status < 0)
+    rpipe_close(p, rp->s);
+  else
+    read_some(p, rp->s, 16);
+  outbuf_flush(&p->ob);
+  wake_lines(p);
+  check_output_end(p);
+  maybe_release(p);
+}
+
+static void drain(struct proc *p) {
+  read_some(p, 0, 0);
+  read_some(p, 1, 0);
+  outbuf_flush(&p->ob);
+}
+
+/* A descendant keeps the pipes open: 0.5 s after the exit the output ends
+ * for expect and lines (SPEC §4); reading goes on until the pipes close. */
+static void eof_timer_cb(struct timer *tm) {
+  struct proc *p = container_of(tm, struct proc, eof_timer);
+  drain(p);
+  end_output(p);
+}
+
+/* }==== */
+
+/* {==== stdin ==== */
+
+/* write(2) on a pipe whose reader is gone raises SIGPIPE; module mode does
+ * not ignore it, so block it around the write and swallow the pending one. */
+static ssize_t write_nosigpipe(int fd, const char *buf, size_t n) {
+  sigset_t pipe_set, old, pending;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  sigpending(&pending);
+  bool was_pending = sigismember(&pending, SIGPIPE);
+  ssize_t k = write(fd, buf, n);
+  int e = errno;
+  if (k < 0 && e == EPIPE && !was_pending) {
+    struct timespec zero = {0, 0};
+    sigtimedwait(&pipe_set, NULL, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  errno = e;
+  return k;
+}
+
+static void wreq_done(struct proc *p, struct wreq *r, int err) {
+  p->in_head = r->next;
+  if (!p->in_head) p->in_tail = NULL;
+  if (r->pw) {
+    struct pwait *pw = r->pw;
+    r->pw = NULL;
+    pw->done = true;
+    pw->err = err;
+    proc_wait_unlink(pw);
+    lua_State *T = sched_thread(&pw->w);
+    if (T && err) {
+      util_push_error(T, "io", "write to %s's stdin failed: %s", p->name, strerror(err));
+      lua_pushstring(T, err == EPIPE ? "reset" : "eof");
+      lua_setfield(T, -2, "cause");
+      sched_wake_error(&pw->w);
+    } else if (T) {
+      sched_wake(&pw->w, 0);
+    }
+  }
+  free(r);
+}
+
+void proc_stdin_close(struct proc *p) {
+  while (p->in_head) wreq_done(p, p->in_head, EPIPE);
+  if (p->in_fd < 0) return;
+  if (p->in_polling) {
+    uv_poll_stop(&p->in_h);
+    uv_close((uv_handle_t *)&p->in_h, in_close_cb);
+    p->in_polling = false;
+  }
+  close(p->in_fd);
+  p->in_fd = -1;
+}
+
+static void in_cb(uv_poll_t *h, int status, int events);
+
+/* Write queued data until the pipe is full; then poll for room. */
+void proc_stdin_flush(struct proc *p) {
+  while (p->in_head && p->in_fd >= 0) {
+    struct wreq *r = p->in_head;
+    ssize_t k = r->len > r->off ? write_nosigpipe(p->in_fd, r->data + r->off, r->len - r->off) : 0;
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (!p->in_polling) {
+        if (!p->in_inited) {
+          uv_poll_init(atom_loop, &p->in_h, p->in_fd);
+          p->in_inited = true;
+          p->handles++;
+        }
+        uv_poll_start(&p->in_h, UV_WRITABLE, in_cb);
+        p->in_polling = true;
+      }
+      return;
+    }
+    if (k < 0) {
+      int e = errno;
+      while (p->in_head) wreq_done(p, p->in_head, e);
+      proc_stdin_close(p);
+      return;
+    }
+    r->off += (size_t)k;
+    if (r->off == r->len) wreq_done(p, r, 0);
+  }
+  if (p->in_polling) {
+    uv_poll_stop(&p->in_h);
+    p->in_polling = false;
+  }
+  if (!p->in_head && p->in_close_after) proc_stdin_close(p);
+}
+
+static void in_cb(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  struct proc *p = container_of(h, struct proc, in_h);
+  p->in_polling = true;
+  proc_stdin_flush(p);
+}
+
+/* Queue n bytes for stdin; returns the request (done when it is no longer
+ * p->in_head's chain, i.e. after proc_stdin_flush, if r->off == r->len). */
+struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n) {
+  struct wreq *r = malloc(sizeof *r + n);
+  if (!r) return NULL;
+  r->next = NULL;
+  r->pw = NULL;
+  r->len = n;
+  r->off = 0;
+  memcpy(r->data, data, n);
+  if (p->in_tail)
+    p->in_tail->next = r;
+  else
+    p->in_head = r;
+  p->in_tail = r;
+  return r;
+}
+
+/* }==== */
+
+/* {==== exit, stop and release ==== */
+
+static void exit_poll_close(struct proc *p) {
+  if (p->pidfd < 0) return;
+  uv_poll_stop(&p->exit_h);
+  close(p->pidfd);
+  p->pidfd = -1;
+  uv_close((uv_handle_t *)&p->exit_h, exit_close_cb);
+}
+
+static void mark_reaped(struct proc *p, int status) {
+  p->reaped = true;
+  p->status = status;
+  live_children--;
+}
+
+static void stop_finish(struct proc *p);
+static void stop_group_cb(struct timer *tm);
+
+static void stop_check(struct proc *p) {
+  if (!p->stopping || p->stop_done || !p->reaped) return;
+  if (p->sigkilled || !group_alive(p))
+    stop_finish(p);
+  else if (!timer_active(&p->group_timer))
+    timer_start(&p->group_timer, 0.02, stop_group_cb);
+}
+
+static void stop_group_cb(struct timer *tm) { stop_check(container_of(tm, struct proc, group_timer)); }
+
+static void grace_cb(struct timer *tm) {
+  struct proc *p = container_of(tm, struct proc, grace_timer);
+  group_signal(p, SIGKILL);
+  p->sigkilled = true;
+  stop_check(p);
+}
+
+void proc_stop_begin(struct proc *p, double grace) {
+  p->critical = false;
+  p->caused = true;
+  if (p->stopping || p->stop_done) return;
+  p->stopping = true;
+  if (!p->reaped || group_alive(p)) {
+    /* SIGCONT after SIGTERM so a paused group gets the TERM (SPEC §4). */
+    group_signal(p, SIGTERM);
+    group_signal(p, SIGCONT);
+    timer_start(&p->grace_timer, grace, grace_cb);
+  }
+  stop_check(p);
+}
+
+static void stop_finish(struct proc *p) {
+  p->stop_done = true;
+  p->group_done = true; /* empty, or SIGKILLed: not signalled again */
+  timer_stop(&p->grace_timer);
+  timer_stop(&p->group_timer);
+  drain(p);
+  rpipe_close(p, 0);
+  rpipe_close(p, 1);
+  end_output(p);
+  wake_kind(p, W_STOP, NULL, push_status_w, 2);
+  if (p->os) proc_ownstop_done(p);
+  maybe_release(p);
+}
+
+/* SIGKILL the group and reap the leader before returning (bounded), for a
+ * cancelled p:stop() and exec; the rest of the exit runs from the loop. */
+static void tick_cb(struct timer *tm) {
+  struct proc *p = container_of(tm, struct proc, tick);
+  exit_poll_close(p);
+  on_exit_cb(p);
+}
+
+void proc_kill_and_reap(struct proc *p) {
+  p->critical = false;
+  p->caused = true;
+  group_signal(p, SIGKILL);
+  p->sigkilled = true;
+  if (p->reaped || p->pidfd < 0) return;
+  struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
+  while (poll(&pfd, 1, 2000) < 0 && errno == EINTR) {
+  }
+  int st;
+  if (waitpid(p->pid, &st, WNOHANG) == p->pid) {
+    mark_reaped(p, st);
+    timer_start(&p->tick, 0, tick_cb); /* the loop finishes the exit */
+  }
+}
+
+static void exit_cb(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  struct proc *p = container_of(h, struct proc, exit_h);
+  if (!p->reaped) {
+    int st;
+    pid_t r = waitpid(p->pid, &st, WNOHANG);
+    if (r == 0) return;
+    mark_reaped(p, r == p->pid ? st : 0);
+  }
+  exit_poll_close(p);
+  on_exit_cb(p);
+}
+
+/* Fail the owner of a critical process with the hook's error value (on top
+ * of proc_L); tasks of that owner waiting on its lines get it too. */
+static void fail_owner(struct proc *p) {
+  lua_State *L = proc_L;
+  struct pwait *pw = p->waiters, *next;
+  for (; pw; pw = next) {
+    next = pw->next;
+    if (pw->kind != W_LINE) continue;
+    lua_State *T = sched_thread(&pw->w);
+    if (!T || sched_owner(pw->w.task) != p->owner) continue;
+    proc_wait_unlink(pw);
+    lua_pushvalue(L, -1);
+    lua_xmove(L, T, 1);
+    sched_wake_error(&pw->w);
+  }
+  sched_fail(L, p->owner); /* pops the error */
+}
+
+static void on_exit_cb(struct proc *p) {
+  if (p->exit_done) return;
+  p->exit_done = true;
+  drain(p);
+  p->exited_at = util_now();
+  bool waited = false;
+  for (struct pwait *pw = p->waiters; pw; pw = pw->next)
+    if (pw->kind == W_EXIT) waited = true;
+  /* Exits the script caused (kill, stop, wait) are expected; p:kill and
+   * p:stop also disarmed `critical`. */
+  bool expected = p->caused || waited;
+  bool fail = p->critical && !waited && owner_running(p->owner);
+  if (proc_L && p->ref != LUA_NOREF) {
+    lua_State *L = proc_L;
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "atom.proc.on_exit");
+    if (lua_isfunction(L, -1)) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+      lua_getiuservalue(L, -1, 1); /* the public object */
+      lua_remove(L, -2);
+      proc_push_status(L, p);
+      lua_pushboolean(L, expected);
+      lua_pushboolean(L, fail);
+      if (lua_pcall(L, 5, 1, 0) != LUA_OK) {
+        fprintf(stderr, "atomlua: error in the process exit hook: %s\n", luaL_tolstring(L, -1, NULL));
+        lua_pop(L, 2);
+        lua_pushnil(L);
+      }
+      if (fail && lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        util_push_error(L, "process", "process %s (pid %d) exited unexpectedly", p->name, (int)p->pid);
+      }
+      if (fail) fail_owner(p);
+    }
+    lua_settop(L, top);
+  }
+  wake_kind(p, W_EXIT, exit_ready, push_status_w, 2);
+  (void)group_alive(p); /* usually nothing is left in the group: release now */
+  if (p->out[0].fd < 0 && p->out[1].fd < 0)
+    end_output(p);
+  else if (!p->out_ended)
+    timer_start(&p->eof_timer, 0.5, eof_timer_cb);
+  stop_check(p);
+  maybe_release(p);
+}
+
+/* Over: reaped, pipes closed, group empty or killed. Give back the fds, the
+ * reaper entry, the owner link and the strong ref; memory goes with __gc. */
+static void maybe_release(struct proc *p) {
+  if (p->released) {
+    if (p->ud_gone && p->handles == 0) {
+      outbuf_free(&p->ob);
+      free(p->name);
+      free(p);
+    }
+    return;
+  }
+  if (!p->reaped || !p->exit_done || p->out[0].fd >= 0 || p->out[1].fd >= 0 || !p->group_done) return;
+  if (p->stopping && !p->stop_done) return;
+  p->released = true;
+  timer_stop(&p->eof_timer);
+  timer_stop(&p->grace_timer);
+  timer_stop(&p->group_timer);
+  timer_stop(&p->tick);
+  end_output(p);
+  proc_stdin_close(p);
+  exit_poll_close(p);
+  outbuf_flush(&p->ob);
+  if (p->ob.logfd >= 0) close(p->ob.logfd);
+  p->ob.logfd = -1;
+  reaper_remove(p->pid);
+  proc_owner_unlink(p);
+  if (p->gprev)
+    p->gprev->gnext = p->gnext;
+  else
+    live_head = p->gnext;
+  if (p->gnext) p->gnext->gprev = p->gprev;
+  p->gnext = p->gprev = NULL;
+  if (proc_L && p->ref != LUA_NOREF) util_unref(proc_L, &p->ref);
+  maybe_release(p);
+}
+
+/* }==== */
+
+/* {==== starting ==== */
+
+static int pipe_pair(int fds[2], int nonblock_end) {
+  if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
+  int fl = fcntl(fds[nonblock_end], F_GETFL);
+  fcntl(fds[nonblock_end], F_SETFL, fl | O_NONBLOCK);
+  return 0;
+}
+
+static int proc_devnull(void) {
+  if (devnull < 0) devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  return devnull;
+}
+
+/* Start the process of opts (checked by proclua.c). On failure returns NULL
+ * with -errno in *err and the failed step in *stage. */
+struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage) {
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1};
+  int r = 0;
+  *stage = "pipe";
+  if (o->stdin_mode != STDIN_NULL) r = pipe_pair(in, 1);
+  if (!r && o->output == OUT_CAPTURE) r = pipe_pair(out, 0);
+  if (!r && o->output == OUT_CAPTURE) r = pipe_pair(errp, 0);
+  struct proc *p = r ? NULL : calloc(1, sizeof *p);
+  if (!r && !p) r = -ENOMEM;
+  if (!r) {
+    int nul = proc_devnull();
+    struct spawn_req req = {
+        .path = o->path, .argv = o->argv, .envp = o->envp, .cwd = o->cwd,
+        .fd_in = o->stdin_mode != STDIN_NULL ? in[0] : nul,
+        .fd_out = o->output == OUT_CAPTURE ? out[1] : o->output == OUT_NULL ? nul : -1,
+        .fd_err = o->output == OUT_CAPTURE ? errp[1] : o->output == OUT_NULL ? nul : -1,
+    };
+    r = spawn_start(&req, &p->pid, &p->pidfd, stage);
+  }
+  /* The child's ends are the child's now. */
+  if (in[0] >= 0) close(in[0]);
+  if (out[1] >= 0) close(out[1]);
+  if (errp[1] >= 0) close(errp[1]);
+  if (r) {
+    if (in[1] >= 0) close(in[1]);
+    if (out[0] >= 0) close(out[0]);
+    if (errp[0] >= 0) close(errp[0]);
+    free(p);
+    *err = r;
+    return NULL;
+  }
+  reaper_add(p->pid);
+  live_children++;
+  p->ref = LUA_NOREF;
+  p->critical = o->critical;
+  p->grace = o->grace;
+  p->name = strdup(o->name);
+  p->in_fd = in[1];
+  timer_init(&p->eof_timer);
+  timer_init(&p->grace_timer);
+  timer_init(&p->group_timer);
+  timer_init(&p->tick);
+  outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
+  int fds[2] = {out[0], errp[0]};
+  for (int s = 0; s < 2; s++) {
+    struct rpipe *rp = &p->out[s];
+    rp->p = p;
+    rp->s = s;
+    rp->fd = fds[s];
+    if (rp->fd < 0) continue;
+    uv_poll_init(atom_loop, &rp->h, rp->fd);
+    uv_poll_start(&rp->h, UV_READABLE | UV_DISCONNECT, out_cb);
+    p->handles++;
+  }
+  if (p->pidfd >= 0) {
+    uv_poll_init(atom_loop, &p->exit_h, p->pidfd);
+    uv_poll_start(&p->exit_h, UV_READABLE, exit_cb);
+    p->handles++;
+  }
+  p->gnext = live_head;
+  if (live_head) live_head->gprev = p;
+  live_head = p;
+  return p;
+}
+
+/* }==== */
+
+/* {==== what other files call ==== */
+
+int proc_live_children(void) { return live_children; }
+
+/* The cleanup grace has passed (sched.c): SIGKILL every group t owns, no
+ * waiting; the exits finish from the loop. t may be gone soon after, so its
+ * processes forget it. */
+void proc_kill_owned(struct task *t) {
+  struct proc **head = (struct proc **)sched_task_procs(t);
+  while (*head) {
+    struct proc *p = *head;
+    p->critical = false;
+    p->caused = true;
+    group_signal(p, SIGKILL);
+    p->sigkilled = true;
+    proc_owner_unlink(p);
+    stop_check(p);
+  }
+}
+
+/* End of the run (--timeout, a second signal): SIGKILL every group. */
+struct proc *proc_live_head(void) { return live_head; }
+
+void proc_release_ud(struct proc *p) {
+  p->ud_gone = true;
+  if (!p->released) proc_abandon(p);
+  maybe_release(p);
+}
+
+void proc_kill_all(void) {
+  for (struct proc *p = live_head; p; p = p->gnext) {
+    p->critical = false;
+    p->caused = true;
+    group_signal(p, SIGKILL);
+    p->sigkilled = true;
+  }
+}
+
+void proc_owner_link(struct proc *p, struct task *owner) {
+  p->owner = owner;
+  if (!owner) return;
+  struct proc **head = (struct proc **)sched_task_procs(owner);
+  p->oprev = NULL;
+  p->onext = *head;
+  if (*head) (*head)->oprev = p;
+  *head = p;
+}
+
+void proc_owner_unlink(struct proc *p) {
+  if (!p->owner) return;
+  struct proc **head = (struct proc **)sched_task_procs(p->owner);
+  if (p->oprev)
+    p->oprev->onext = p->onext;
+  else
+    *head = p->onext;
+  if (p->onext) p->onext->oprev = p->oprev;
+  p->onext = p->oprev = NULL;
+  p->owner = NULL;
+}
+
+/* The Lua state is closing with p still live (only when a run is torn down
+ * abruptly): kill it, close everything without calling Lua again. */
+void proc_abandon(struct proc *p) {
+  proc_kill_and_reap(p);
+  p->ref = LUA_NOREF;
+  p->exit_done = true;
+  p->stopping = false;
+  p->group_done = true;
+  timer_stop(&p->eof_timer);
+  timer_stop(&p->grace_timer);
+  timer_stop(&p->group_timer);
+  timer_stop(&p->tick);
+  while (p->waiters) proc_wait_unlink(p->waiters);
+  rpipe_close(p, 0);
+  rpipe_close(p, 1);
+  if (!p->reaped) { /* still not gone after SIGKILL: leave it to the reaper */
+    p->reaped = true;
+    live_children--;
+  }
+  maybe_release(p);
+}
+
+/* }==== */

@@ -1,6 +1,7 @@
-/* proc.h — the process mechanisms under proc.c, each testable without Lua:
- * spawn.c (vfork+exec), reaper.c (the no-orphan guardian process) and
- * outbuf.c (line buffer, output tails, log writer). */
+/* proc.h — what the process files share: the mechanisms, each testable
+ * without Lua — spawn.c (vfork+exec), reaper.c (the no-orphan guardian
+ * process), outbuf.c (line buffer, output tails, log writer) — and the
+ * process record of proc.c (lifecycle) and proclua.c (Lua bindings, waits). */
 #ifndef ATOM_PROC_H
 #define ATOM_PROC_H
 
@@ -90,6 +91,103 @@ const char *outbuf_line(struct outbuf *o, uint64_t idx, size_t *len, int *stream
 /* Copy stream s's tail into dst (room for o->tail[s].len bytes). */
 void outbuf_tail_copy(const struct outbuf *o, int s, char *dst);
 
+/* }==== */
+
+/* {==== proc.c / proclua.c (need atom.h first) ==== */
+#ifdef ATOM_H
+
+enum { STDIN_NULL, STDIN_PIPE, STDIN_DATA };
+enum { OUT_CAPTURE, OUT_INHERIT, OUT_NULL };
+enum { W_LINE, W_EXIT, W_STOP, W_WRITE };
+
+struct proc_opts {
+  const char *path, *cwd, *name;
+  char *const *argv, *const *envp;
+  int stdin_mode, output, logfd;
+  bool critical, keep_lines;
+  double grace;
+  size_t tail_max;
+};
+
+struct proc;
+
+/* One task waiting on a process; memory from sched_wait_alloc. */
+struct pwait {
+  struct wait w;
+  struct proc *p; /* NULL once unlinked */
+  struct pwait *next, *prev;
+  int kind;
+  uint64_t pos;        /* W_LINE: wait until this line exists */
+  bool full;           /* W_EXIT: and until the output has ended */
+  bool kill_on_cancel; /* W_STOP, exec: a cancelled wait kills and reaps */
+  bool done;           /* W_WRITE: finished before the task waited */
+  int err;
+};
+
+struct wreq { /* queued bytes for stdin */
+  struct wreq *next;
+  struct pwait *pw; /* the writer, NULL when it gave up waiting */
+  size_t len, off;
+  char data[];
+};
+
+struct rpipe {
+  uv_poll_t h;
+  struct proc *p;
+  int s;  /* 0 stdout, 1 stderr */
+  int fd; /* -1 once closed */
+};
+
+struct ownstop; /* proclua.c: the owner's wait in proc_stop_owned */
+
+struct proc {
+  pid_t pid; /* also the process group id */
+  int pidfd; /* -1 once reaped */
+  int ref;   /* strong ref to the userdata until released */
+  char *name;
+  int status; /* waitpid status once reaped */
+  double grace, exited_at;
+  bool critical;
+  bool reaped, exit_done, out_ended, group_done, caused;
+  bool stopping, stop_done, sigkilled, released, ud_gone;
+  bool in_inited, in_polling, in_close_after;
+  int handles; /* uv handles not yet closed */
+  uv_poll_t exit_h;
+  struct rpipe out[2];
+  int in_fd;
+  uv_poll_t in_h;
+  struct wreq *in_head, *in_tail;
+  struct timer eof_timer, grace_timer, group_timer, tick;
+  struct outbuf ob;
+  struct pwait *waiters;
+  struct task *owner;
+  struct proc *onext, *oprev; /* in the owner's list (sched_task_procs) */
+  struct proc *gnext, *gprev; /* every unreleased process */
+  struct ownstop *os;
+  int os_idx;
+};
+
+extern lua_State *proc_L; /* a thread of the current Lua state, for callbacks */
+
+struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage);
+void proc_push_status(lua_State *L, struct proc *p); /* code, signal name */
+void proc_push_signame(lua_State *L, int sig);
+void proc_wait_link(struct proc *p, struct pwait *pw);
+void proc_wait_unlink(struct pwait *pw);
+void proc_stop_begin(struct proc *p, double grace);
+void proc_kill_and_reap(struct proc *p);
+void proc_ownstop_done(struct proc *p); /* proclua.c */
+void proc_owner_link(struct proc *p, struct task *owner);
+void proc_owner_unlink(struct proc *p);
+void proc_abandon(struct proc *p);
+void proc_release_ud(struct proc *p); /* the userdata is collected */
+void proc_kill_all(void);
+struct proc *proc_live_head(void);
+struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n);
+void proc_stdin_flush(struct proc *p);
+void proc_stdin_close(struct proc *p);
+
+#endif
 /* }==== */
 
 #endif

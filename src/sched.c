@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "atom.h"
 
@@ -50,7 +51,8 @@ struct task {
   struct task *ready_next;
   bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
   bool wake_error, has_override;
-  int wake_nres;
+  int wake_nres;            /* values queued for the next resume */
+  int resumed_nres;         /* values the current resume brought (for continuations) */
   struct wait *wait;
   double wait_timeout, wait_since;
   struct timer wait_timer, deadline, grace;
@@ -269,7 +271,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
     t->wake_error = false;
     return lua_error(L);
   }
-  return t->wake_nres;
+  return t->resumed_nres;
 }
 
 static void push_desc(lua_State *L, struct task *t) {
@@ -565,10 +567,11 @@ static void settle(struct task *t, int nres, bool ok) {
     lua_settop(co, nres);
   }
   struct task *parent = t->parent;
+  bool joined = t->joiners != NULL || t->group != NULL;
   unlink_task(t);
   notify_finished(t);
   /* An unjoined child's failure fails its parent (rule 1). */
-  if (t->status == T_FAILED && !t->group && parent && !t->abandoned) {
+  if (t->status == T_FAILED && !joined && parent && !t->abandoned) {
     if (!parent->has_override) {
       lua_pushvalue(co, -1);
       lua_xmove(co, S.L, 1);
@@ -631,7 +634,7 @@ static void preempt_hook(lua_State *L, lua_Debug *ar) {
   lua_yield(L, 0);
 }
 
-/* Called by the watchdog thread: preempt a resume running for over `ms`. */
+/* Preempt a resume running for over `ms` (from the preemption thread). */
 bool sched_preempt_if_running_longer(uint64_t ms);
 bool sched_preempt_if_running_longer(uint64_t ms) {
   bool done = false;
@@ -649,6 +652,7 @@ static void run_task(struct task *t) {
   lua_State *co = t->co;
   int nargs = t->wake_nres, nres = 0;
   t->wake_nres = 0;
+  t->resumed_nres = nargs;
   t->started = true;
   if (t->status == T_NEW) t->status = T_RUNNING;
   S.current = t;
@@ -688,6 +692,35 @@ static void run_task(struct task *t) {
     lua_settop(co, lua_gettop(co)); /* error on top */
     settle(t, 1, false);
   }
+}
+
+/* The preemption thread: when a task has run for over 100 ms while a timer
+ * is overdue (a deadline, a grace) or the run is being stopped, make it
+ * yield from a count hook so the loop can fire what is due. Between
+ * suspension points Lua code is otherwise never interrupted. */
+volatile bool sched_urgent;
+static void *preempt_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    uint64_t due = timer_next_due();
+    bool overdue = due != UINT64_MAX && uv_hrtime() / 1000000 > due + 50;
+    if (overdue || sched_urgent) sched_preempt_if_running_longer(100);
+  }
+  return NULL;
+}
+
+static void preempt_thread_start(void) {
+  static bool started;
+  if (started) return;
+  started = true;
+  pthread_t th;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  if (pthread_create(&th, &attr, preempt_main, NULL) == 0) pthread_detach(th);
+  pthread_attr_destroy(&attr);
 }
 
 static void drain(void) {
@@ -846,10 +879,11 @@ static void joiner_cancel(struct wait *w) {
   j->target = NULL;
 }
 
+/* The task's userdata is at index 1. */
 static int join_result(lua_State *L, struct task *t) {
   if (t->status == T_DONE) return push_outcome(L, t);
   if (t->status == T_CANCELLED) {
-    sched_task_name(L, t);
+    lua_getiuservalue(L, 1, UV_NAME);
     return util_error(L, "cancelled", "task %s was cancelled", lua_tostring(L, -1));
   }
   push_outcome(L, t);
@@ -1263,6 +1297,7 @@ static int l_run(lua_State *L) {
   lua_State *prev = S.L;
   S.L = L;
   handles_init();
+  preempt_thread_start();
   int nargs = lua_gettop(L) - 1;
   struct task *root = task_new(L, NULL, nargs, TF_ROOT);
   lua_pushliteral(L, "main");
@@ -1296,16 +1331,17 @@ static int l_cancel_root(lua_State *L) {
 static int count_handles_cb_n;
 static void count_handle_cb(uv_handle_t *h, void *arg) {
   (void)arg;
-  if (!uv_is_closing(h)) count_handles_cb_n++;
+  /* Handles that would keep the loop alive, plus luv's (data set) still open:
+   * our own idle/check/timer/async infrastructure is unref'd or inactive. */
+  if (uv_is_closing(h)) return;
+  if ((uv_is_active(h) && uv_has_ref(h) && h != (uv_handle_t *)&S.idle) || h->data) count_handles_cb_n++;
 }
 
 int sched_open_handles(void);
 int sched_open_handles(void) {
   count_handles_cb_n = 0;
   uv_walk(atom_loop, count_handle_cb, NULL);
-  /* our own idle/check handles and the timer heap's are infrastructure */
-  int own = S.handles_ready ? 2 : 0;
-  return count_handles_cb_n - own - (timer_count() >= 0 && count_handles_cb_n > own ? 0 : 0);
+  return count_handles_cb_n;
 }
 
 static int l_stats(lua_State *L) {

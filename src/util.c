@@ -51,6 +51,12 @@ static void push_error_v(lua_State *L, const char *kind, const char *fmt, va_lis
   }
   luaL_getmetatable(L, "atom.error");
   lua_setmetatable(L, -2);
+  /* The traceback while the stack is still there (cancellations carry only
+   * their file:line; they are made in sched.c). */
+  luaL_tolstring(L, -1, NULL);
+  luaL_traceback(L, L, lua_tostring(L, -1), 1);
+  lua_setfield(L, -3, "traceback");
+  lua_pop(L, 1);
 }
 
 void util_push_error(lua_State *L, const char *kind, const char *fmt, ...) {

@@ -44,6 +44,7 @@ function M.new(kind, message, fields)
   if fields then for k, v in pairs(fields) do e[k] = v end end
   if e.where == nil then e.where = M.where(2) end
   if e.task == nil then e.task = M.task_name() end
+  if e.traceback == nil then e.traceback = debug.traceback(tostring(e), 2) end
   return e
 end
 

@@ -61,10 +61,8 @@ canon = function(v, seen)
         table.sort(parts)
         d.canon = "S{" .. table.concat(parts, ",") .. "}"
       else
-        local pos = {}
-        for key, i in pairs(d.index) do pos[key] = i end
         table.sort(parts)
-        for j, key in ipairs(parts) do parts[j] = key .. "=" .. canon(d.values[pos[key]]) end
+        for j, key in ipairs(parts) do parts[j] = key .. "=" .. canon(d.values[d.index[key]]) end
         d.canon = "M{" .. table.concat(parts, ",") .. "}"
       end
       return d.canon
@@ -81,7 +79,7 @@ canon = function(v, seen)
   end
   if v == nil then return "nil" end
   if v == null() then return "N" end
-  return "u" .. tostring(v) -- functions, other userdata: by identity
+  return ("u%p"):format(v) -- functions, other userdata: by identity
 end
 
 --- True when a and b are equal by value (SPEC §6): records and lists

@@ -241,8 +241,9 @@ function M.wait_until(fn, opts)
       else
         tail = "no call finished"
       end
-      errors.raise("timeout", ("wait_until timed out after %.14gs; %s"):format(timeout, tail),
-        { last_error = last_err, last_value = have_value and last_value or nil })
+      local fields = { last_error = last_err }
+      if have_value then fields.last_value = last_value end
+      errors.raise("timeout", ("wait_until timed out after %.14gs; %s"):format(timeout, tail), fields)
     end
     local pause = math.min(interval, deadline - _atom.now())
     if pause > 0 then _atom.sleep(pause) end

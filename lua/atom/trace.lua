@@ -34,7 +34,10 @@ local function walk(uv, dir, out, visited)
     visited[real] = true
   end
   local req, err = uv.fs_scandir(dir)
-  if not req then errors.raise("itf", "cannot read directory " .. tostring(err)) end
+  if not req then
+    local why = tostring(err):match("^%u+: ([^:]+)") or tostring(err)
+    errors.raise("itf", ("cannot read directory %s: %s"):format(dir, why))
+  end
   while true do
     local name, kind = uv.fs_scandir_next(req)
     if not name then break end
@@ -62,7 +65,11 @@ function M.collect(paths)
   local files, from = {}, {}
   for _, arg in ipairs(paths) do
     local st, err = uv.fs_stat(arg)
-    if not st then errors.raise("itf", "cannot read trace " .. tostring(err), { trace_file = arg }) end
+    if not st then
+      -- luv says "ENOENT: no such file or directory: <path>"
+      local why = tostring(err):match("^%u+: ([^:]+)") or tostring(err)
+      errors.raise("itf", ("cannot read trace %s: %s"):format(arg, why), { trace_file = arg })
+    end
     if st.type == "directory" then
       local found = {}
       walk(uv, (arg:gsub("(.)/+$", "%1")), found, {})
@@ -127,7 +134,7 @@ function M.check_reactor(r, path)
     bad("'action' must be a key path such as \"action.tag\", got " .. type(a))
   end
   local t = r.timeout
-  if t ~= nil and (type(t) ~= "number" or not (t > 0) or t == math.huge) then
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0 or t == math.huge) then
     bad("'timeout' must be a positive number of seconds")
   end
   return r

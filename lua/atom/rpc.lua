@@ -1,0 +1,221 @@
+-- atom.rpc: JSON-RPC 2.0 over HTTP POST (SPEC §5): atom.rpc and
+-- atom.rpc_batch. Framing, ids and reply checks live here; the request runs
+-- through _atom.http_perform (src/http.c) without building a response
+-- object, since a call needs only the body. Emits `rpc` events (SPEC §8).
+local _atom = require "_atom"
+local errors = require "atom.errors"
+local events = require "atom.events"
+local http = require "atom.http"
+
+local perform, now = _atom.http_perform, _atom.now
+local encode, decode = _atom.json_encode, _atom.json_decode
+local argerror, quote = errors.argerror, http._quote
+local concat = table.concat
+
+local HF_FOLLOW, HF_INSECURE, HF_JSON = 2, 4, 8
+local DEFAULT_TIMEOUT = 30
+
+local M = {}
+
+-- Ids are atomlua's: one counter for the whole process, so concurrent calls
+-- and batch members never share an id.
+local last_id = 0
+
+-- Encoded method names, so a hot loop does not re-encode "status".
+local method_cache, method_cache_len = {}, 0
+local function encode_method(m)
+  local s = method_cache[m]
+  if s then return s end
+  s = encode(m)
+  if method_cache_len >= 256 then method_cache, method_cache_len = {}, 0 end
+  method_cache[m] = s
+  method_cache_len = method_cache_len + 1
+  return s
+end
+
+-- params as JSON text, or nil to leave them out: nil and an empty table
+-- (JSON "{}") are left out; atom.json.array({}) gives "[]" and is sent.
+local function encode_params(fname, argn, params)
+  if params == nil then return nil end
+  if type(params) ~= "table" then
+    argerror(argn, fname, "params must be a table, got " .. type(params))
+  end
+  local s = encode(params)
+  if s == "{}" then return nil end
+  return s
+end
+
+local function request_json(id, method, params)
+  if params then
+    return '{"jsonrpc":"2.0","id":' .. id .. ',"method":' .. encode_method(method) .. ',"params":' .. params .. "}"
+  end
+  return '{"jsonrpc":"2.0","id":' .. id .. ',"method":' .. encode_method(method) .. "}"
+end
+
+local OPTS = { timeout = "number", headers = "table", follow = "boolean", proxy = "string",
+               insecure = "boolean" }
+
+-- timeout, headers, flags, proxy from the optional last argument.
+local function parse_opts(fname, argn, opts)
+  if opts == nil then return DEFAULT_TIMEOUT, nil, HF_JSON, nil end
+  if type(opts) == "number" then
+    if not (opts >= 0) then argerror(argn, fname, "timeout must be a non-negative number") end
+    return opts == math.huge and -1 or opts, nil, HF_JSON, nil
+  end
+  if type(opts) ~= "table" then argerror(argn, fname, "number or table expected, got " .. type(opts)) end
+  for k, v in pairs(opts) do
+    local want = OPTS[k]
+    if want == nil then argerror(argn, fname, ("unknown field '%s'"):format(tostring(k))) end
+    if type(v) ~= want then argerror(argn, fname, ("field '%s' must be a %s, got %s"):format(k, want, type(v))) end
+  end
+  local timeout = opts.timeout or DEFAULT_TIMEOUT
+  if not (timeout >= 0) then argerror(argn, fname, "timeout must be a non-negative number") end
+  local flags = HF_JSON | (opts.follow and HF_FOLLOW or 0) | (opts.insecure and HF_INSECURE or 0)
+  return timeout == math.huge and -1 or timeout, opts.headers, flags, opts.proxy
+end
+
+local function check_url(fname, url)
+  if type(url) ~= "string" then
+    argerror(1, fname, "string expected, got " .. (url == nil and "no value" or type(url)))
+  end
+  if not url:find("^%a[%w+.-]*://") then argerror(1, fname, "invalid URL " .. quote(url)) end
+end
+
+-- Raise kind rpc for a reply that is not JSON-RPC.
+local function bad_reply(url, what, why, status, body)
+  errors.raise("rpc", ("rpc %s at %s: %s (HTTP %d): %s"):format(what, url, why, status, quote(body)),
+    { url = url, method = what, status = status })
+end
+
+-- Raise kind rpc for an error object: message, code and data as received;
+-- `summary` (what tostring shows) adds the URL, method and code.
+local function raise_error(url, method, e)
+  local code, message, data
+  if type(e) == "table" then
+    code, message, data = e.code, e.message, e.data
+  else
+    message = e
+  end
+  local summary = ("rpc %s at %s: error %s: %s"):format(method, url, tostring(code), tostring(message))
+  errors.raise("rpc", message, { code = code, data = data, url = url, method = method, summary = summary })
+end
+
+-- The entry of a batch reply: {result = v} or {error = {code, message, data}}.
+local function entry(r)
+  local e = r.error
+  if e ~= nil and e ~= _atom.json_null then
+    if type(e) ~= "table" then e = { message = e } end
+    return { error = { code = e.code, message = e.message, data = e.data } }
+  end
+  return { result = r.result }
+end
+
+-- Run fn(...) emitting an rpc event when someone listens.
+local function with_event(url, method, fn, ...)
+  if not events.active() then return fn(...) end
+  local t0 = now()
+  local res = table.pack(pcall(fn, ...))
+  if not res[1] then
+    local err = res[2]
+    if not (errors.is(err, "cancelled") or errors.is(err, "usage")) then
+      events.emit("rpc", { url = url, method = method, duration = now() - t0, error = err })
+    end
+    error(err, 0)
+  end
+  events.emit("rpc", { url = url, method = method, duration = now() - t0 })
+  return table.unpack(res, 2, res.n)
+end
+
+local function call(url, method, params, timeout, headers, flags, proxy)
+  last_id = last_id + 1
+  local body = request_json(last_id, method, params)
+  local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy,
+    "rpc " .. method .. " at " .. url)
+  local ok, doc = pcall(decode, rbody)
+  if not ok or type(doc) ~= "table" then bad_reply(url, method, "reply is not JSON", status, rbody) end
+  -- Over HTTP the reply belongs to this request, so its id is not checked
+  -- (servers answering a fixed id, or null after a parse error, still work).
+  local e = doc.error
+  if e ~= nil and e ~= _atom.json_null then raise_error(url, method, e) end
+  local result = doc.result
+  if result == nil then bad_reply(url, method, "reply is not JSON-RPC", status, rbody) end
+  return result
+end
+
+--- Call `method` at `url` (JSON-RPC 2.0 over HTTP POST) and return its result
+--- (a JSON null result is atom.json.null). An error object raises kind `rpc`
+--- with `code`, `message` (the server's) and `data`; a reply that is not
+--- JSON-RPC raises `rpc` quoting it; transport failures raise `http`.
+---@param url string
+---@param method string
+---@param params? table left out when nil or empty (atom.json.array({}) sends [])
+---@param opts? number|{timeout?: number, headers?: table, follow?: boolean, proxy?: string, insecure?: boolean}
+---@return any
+function M.rpc(url, method, params, opts)
+  check_url("rpc", url)
+  if type(method) ~= "string" then
+    argerror(2, "rpc", "string expected, got " .. (method == nil and "no value" or type(method)))
+  end
+  local p = encode_params("rpc", 3, params)
+  local timeout, headers, flags, proxy = parse_opts("rpc", 4, opts)
+  return with_event(url, method, call, url, method, p, timeout, headers, flags, proxy)
+end
+
+local function call_batch(url, n, methods, body, ids, timeout, headers, flags, proxy)
+  local status, rbody = perform("rpc_batch", "POST", url, headers, body, timeout, flags, proxy,
+    "rpc batch of " .. n .. " at " .. url)
+  local ok, doc = pcall(decode, rbody)
+  if not ok or type(doc) ~= "table" then bad_reply(url, "batch", "reply is not JSON", status, rbody) end
+  if doc[1] == nil then -- one error object for the whole batch (e.g. parse error)
+    local e = doc.error
+    if e ~= nil and e ~= _atom.json_null then raise_error(url, "batch", e) end
+    bad_reply(url, "batch", "reply is not a JSON-RPC batch", status, rbody)
+  end
+  local out = {}
+  for _, r in ipairs(doc) do
+    local i = type(r) == "table" and ids[r.id]
+    if not i or (r.result == nil and r.error == nil) then
+      bad_reply(url, "batch", "reply holds an entry that answers no call", status, rbody)
+    end
+    out[i] = entry(r)
+  end
+  for i = 1, n do
+    if out[i] == nil then
+      bad_reply(url, "batch", ("reply lacks the answer to call %d (%s)"):format(i, methods[i]), status, rbody)
+    end
+  end
+  return out
+end
+
+--- Send one JSON-RPC batch and return its answers in request order, whatever
+--- order the server used: each entry is {result = v} or
+--- {error = {code =, message =, data =}}.
+---@param url string
+---@param calls {[1]: string, [2]: table?}[] {method, params} pairs (or {method =, params =})
+---@param opts? number|{timeout?: number, headers?: table, follow?: boolean, proxy?: string, insecure?: boolean}
+---@return table[]
+function M.rpc_batch(url, calls, opts)
+  check_url("rpc_batch", url)
+  if type(calls) ~= "table" then
+    argerror(2, "rpc_batch", "table expected, got " .. (calls == nil and "no value" or type(calls)))
+  end
+  local n = #calls
+  if n == 0 then argerror(2, "rpc_batch", "the batch is empty") end
+  local parts, ids, methods = {}, {}, {}
+  for i = 1, n do
+    local c = calls[i]
+    if type(c) ~= "table" then argerror(2, "rpc_batch", ("call %d must be a table, got %s"):format(i, type(c))) end
+    local method, params = c[1] or c.method, c[2]
+    if params == nil then params = c.params end
+    if type(method) ~= "string" then argerror(2, "rpc_batch", ("call %d has no method name"):format(i)) end
+    last_id = last_id + 1
+    ids[last_id] = i
+    methods[i] = method
+    parts[i] = request_json(last_id, method, encode_params("rpc_batch", 2, params))
+  end
+  local timeout, headers, flags, proxy = parse_opts("rpc_batch", 3, opts)
+  local body = "[" .. concat(parts, ",") .. "]"
+  return with_event(url, "batch", call_batch, url, n, methods, body, ids, timeout, headers, flags, proxy)
+end
+
+return M

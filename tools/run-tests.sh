@@ -1,0 +1,29 @@
+#!/bin/sh
+# Runs every test against the build in $1 (default build): the busted specs
+# (module mode and end-to-end, which run the binary), then the C tests.
+# ATOMLUA_SANITIZE=1 preloads ASan/UBSan so stock lua5.4 can load atom.so.
+set -e
+BUILD=${1:-build}
+cd "$(dirname "$0")/.."
+export ATOMLUA_BIN="$PWD/$BUILD/atomlua"
+export ATOMLUA_CPATH="$PWD/$BUILD/?.so"
+export ATOMLUA_PORT_DIR="${ATOMLUA_PORT_DIR:-/tmp/atomlua-ports-test}"
+if [ -n "$ATOMLUA_SANITIZE" ]; then
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+  export LD_PRELOAD
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:detect_odr_violation=0"
+  export LSAN_OPTIONS="suppressions=$PWD/tools/lsan.supp:print_suppressions=0"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+fi
+status=0
+# C tests: each spec/c/*.c is a program that exits non-zero on failure.
+if ls spec/c/*.c >/dev/null 2>&1; then
+  mkdir -p "$BUILD/ctest"
+  for t in spec/c/*.c; do
+    exe="$BUILD/ctest/$(basename "$t" .c)"
+    cc -g -O1 -D_GNU_SOURCE -Isrc $(pkg-config --cflags libuv) -o "$exe" "$t" $(pkg-config --libs libuv) -lpthread
+    if "$exe" >/dev/null 2>"$exe.err"; then echo "ok   $t"; else echo "FAIL $t"; cat "$exe.err"; status=1; fi
+  done
+fi
+busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o utfTerminal spec || status=1
+exit $status
