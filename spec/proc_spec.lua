@@ -33,8 +33,11 @@ local function alive(pid)
 end
 
 local function count_fds()
+  local f = io.open("/proc/self/stat")
+  local pid = f:read("n")
+  f:close()
   local n = 0
-  local p = io.popen("ls /proc/" .. (io.open("/proc/self/stat"):read("n")) .. "/fd")
+  local p = io.popen("ls /proc/" .. pid .. "/fd")
   for _ in p:lines() do n = n + 1 end
   p:close()
   return n

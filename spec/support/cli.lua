@@ -1,0 +1,62 @@
+-- Runs the built atomlua binary (ATOMLUA_BIN, default build/atomlua) for
+-- end-to-end specs and returns its exit status and output.
+local M = {}
+
+M.bin = os.getenv("ATOMLUA_BIN") or "./build/atomlua"
+
+local function shell_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+M.q = shell_quote
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  os.remove(path)
+  return s
+end
+
+--- Run `atomlua <args...>`; opts.env is a string of VAR=value prefixes,
+--- opts.stdin a shell redirection. Returns {code=, out=, err=}.
+function M.run(args, opts)
+  opts = opts or {}
+  local parts = {}
+  for i, a in ipairs(args) do parts[i] = shell_quote(a) end
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = ("%s %s %s >%s 2>%s %s"):format(opts.env or "", shell_quote(M.bin), table.concat(parts, " "),
+    out, err, opts.stdin or "</dev/null")
+  local _, _, code = os.execute(cmd)
+  return { code = code, out = slurp(out), err = slurp(err) }
+end
+
+--- Start atomlua in the background, wait until its stdout has `ready_line`,
+--- send `sig` (e.g. "INT"), and return {code=, out=, err=}.
+function M.run_signal(args, ready_line, sig, opts)
+  opts = opts or {}
+  local parts = {}
+  for i, a in ipairs(args) do parts[i] = shell_quote(a) end
+  local out, err = os.tmpname(), os.tmpname()
+  local script = ([[
+%s %s >%s 2>%s </dev/null &
+pid=$!
+i=0
+while ! grep -q %s %s 2>/dev/null; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 0.05; done
+kill -%s $pid
+%s
+wait $pid
+]]):format(shell_quote(M.bin), table.concat(parts, " "), out, err, shell_quote(ready_line), out, sig,
+    opts.second and ("sleep 0.2; kill -" .. sig .. " $pid") or "")
+  local _, _, code = os.execute(script)
+  return { code = code, out = slurp(out), err = slurp(err) }
+end
+
+--- Write a scenario file and return its path.
+function M.scenario(src)
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write(src)
+  f:close()
+  return path
+end
+
+return M
