@@ -119,7 +119,8 @@ static void sock_free_cb(uv_handle_t *h) { free(container_of(h, struct sock, pol
  * so a new socket with the same number gets a new one. */
 static void sock_drop(struct sock *s) {
   M.socks[s->fd] = NULL;
-  uv_close((uv_handle_t *)&s->poll, sock_free_cb);
+  /* At exit the runtime may have closed every handle already. */
+  if (!uv_is_closing((uv_handle_t *)&s->poll)) uv_close((uv_handle_t *)&s->poll, sock_free_cb);
 }
 
 static struct sock *sock_new(curl_socket_t fd, bool owned) {

@@ -34,6 +34,8 @@ struct hreq {
    * stack until it resumes, and curl uses the body in place. */
   const char *desc, *method, *url;
   uint64_t t0;
+  int set_flags;   /* HF_FOLLOW | HF_INSECURE as last set on the handle, -1: unknown */
+  bool set_proxy;  /* a proxy is set on the handle (else "", none) */
   struct buf body, head;
   struct hreq *next; /* in the pool */
   char errbuf[CURL_ERROR_SIZE];
@@ -107,6 +109,8 @@ static struct hreq *req_get(void) {
   cu.easy_setopt(r->easy, CURLOPT_USERAGENT, "atomlua/" ATOM_VERSION);
   cu.easy_setopt(r->easy, CURLOPT_MAXREDIRS, 20L);
   r->x.done = NULL;
+  r->set_flags = -1;
+  r->set_proxy = true; /* unknown: set it on first use */
   return r;
 }
 
@@ -365,11 +369,19 @@ static int l_http_perform(lua_State *L) {
   }
   cu.easy_setopt(e, CURLOPT_URL, url);
   set_method(e, method, body, blen);
-  cu.easy_setopt(e, CURLOPT_FOLLOWLOCATION, (flags & HF_FOLLOW) ? 1L : 0L);
-  long verify = (flags & HF_INSECURE) ? 0L : 1L;
-  cu.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify);
-  cu.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
-  cu.easy_setopt(e, CURLOPT_PROXY, proxy); /* "": no proxy, whatever the environment says */
+  /* Options kept on the pooled handle are set only when they change. */
+  int opt_flags = (int)(flags & (HF_FOLLOW | HF_INSECURE));
+  if (opt_flags != r->set_flags) {
+    cu.easy_setopt(e, CURLOPT_FOLLOWLOCATION, (flags & HF_FOLLOW) ? 1L : 0L);
+    long verify = (flags & HF_INSECURE) ? 0L : 1L;
+    cu.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify);
+    cu.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+    r->set_flags = opt_flags;
+  }
+  if (proxy[0] || r->set_proxy) {
+    cu.easy_setopt(e, CURLOPT_PROXY, proxy); /* "": no proxy, whatever the environment says */
+    r->set_proxy = proxy[0] != '\0';
+  }
   r->errbuf[0] = '\0';
   r->want_headers = (flags & HF_HEADERS) != 0;
   r->task = t;

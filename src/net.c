@@ -112,7 +112,9 @@ static void stream_free_cb(uv_handle_t *h) {
 static void stream_close(struct stream *s) {
   if (s->closed) return;
   s->closed = true;
-  uv_close((uv_handle_t *)&s->tcp, stream_free_cb);
+  /* At exit the runtime may have closed every handle already (then the
+   * memory goes with the process). */
+  if (!uv_is_closing((uv_handle_t *)&s->tcp)) uv_close((uv_handle_t *)&s->tcp, stream_free_cb);
 }
 
 static struct stream *stream_new(void) {

@@ -16,14 +16,27 @@ if [ -n "$ATOMLUA_SANITIZE" ]; then
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 fi
 status=0
+passed=0
+failed=0
 # C tests: each spec/c/*.c is a program that exits non-zero on failure.
 if ls spec/c/*.c >/dev/null 2>&1; then
   mkdir -p "$BUILD/ctest"
   for t in spec/c/*.c; do
     exe="$BUILD/ctest/$(basename "$t" .c)"
     cc -g -O1 -D_GNU_SOURCE -Isrc $(pkg-config --cflags libuv) -o "$exe" "$t" $(pkg-config --libs libuv) -lpthread
-    if "$exe" >/dev/null 2>"$exe.err"; then echo "ok   $t"; else echo "FAIL $t"; cat "$exe.err"; status=1; fi
+    if "$exe" >/dev/null 2>"$exe.err"; then
+      echo "ok   $t"; passed=$((passed + 1))
+    else
+      echo "FAIL $t"; cat "$exe.err"; status=1; failed=$((failed + 1))
+    fi
   done
 fi
-busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o utfTerminal spec || status=1
+# busted in TAP form, so the totals can be counted for the closing line.
+tap="$BUILD/busted.tap"
+busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o TAP spec </dev/null >"$tap" 2>&1 || status=1
+grep -v '^ok ' "$tap" || true
+passed=$((passed + $(grep -c '^ok ' "$tap")))
+failed=$((failed + $(grep -c '^not ok ' "$tap")))
+[ "$failed" -gt 0 ] && status=1
+echo "tests: $passed passed, $failed failed"
 exit $status

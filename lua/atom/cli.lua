@@ -179,11 +179,13 @@ local function run_command(o, argv, command)
   local prepared
   if command == "trace" then
     local trace = require "atom.trace"
+    if #o.files == 0 then return usage_error("trace needs at least one TRACE file or directory") end
     local okp, res = pcall(function()
-      local paths = trace.collect(o.files)
-      return trace.decode_all(paths)
+      local paths, from = trace.collect(o.files)
+      trace.decode_all(paths)
+      return { paths = paths, from = from }
     end)
-    if not okp then return bad_input(tostring(res)) end
+    if not okp then return bad_input(tostring(type(res) == "table" and res.message or res)) end
     prepared = res
   end
   local seed = o.seed or fresh_seed()
@@ -196,7 +198,7 @@ local function run_command(o, argv, command)
   events.emit("run_start", { version = _atom.version, argv = argv, seed = seed })
   local total = { passed = 0, failed = 0, skipped = 0 }
   local scenario_error, matched, exit_override, fail_fast_hit, scenario_error_file = false, false, nil, false, nil
-  local units = command == "trace" and { { file = o.reactor, entry = "atom.trace_main" } } or {}
+  local units = command == "trace" and { { file = o.reactor, entry = "atom.scenario" } } or {}
   if command == "run" then
     for _, f in ipairs(o.files) do units[#units + 1] = { file = f, entry = "atom.scenario" } end
   end
@@ -207,8 +209,13 @@ local function run_command(o, argv, command)
     local res = _atom.run_file(u.entry, {
       file = u.file, args = o.script_args, seed = seed, run_dir = run_dir, file_dir = file_dir,
       filter = o.filter, grace = o.grace or 10, fail_fast = o["fail-fast"], verbose = o.verbose,
-      traces = prepared, timeout = o.timeout,
+      trace_paths = prepared and prepared.paths, trace_from = prepared and prepared.from,
     })
+    if res.bad_reactor then
+      bad_input(res.bad_reactor)
+      if not o.keep then remove_tree(run_dir) end
+      return 2
+    end
     if res.internal_error then
       io.stderr:write("atomlua: internal error in ", u.file, ": ", res.internal_error, "\n")
       scenario_error = true

@@ -98,7 +98,7 @@ local function run(fname, argn, spec, method, url)
   if spec.insecure then flags = flags | HF_INSECURE end
   local timeout = check_timeout(fname, argn, spec.timeout)
   local desc = method .. " " .. url
-  if not events.active() then
+  if not events.active("http") then
     local status, rbody, headers, duration =
       perform(fname, method, url, spec.headers, body, timeout, flags, spec.proxy, desc)
     return setmetatable({ status = status, headers = headers, body = rbody, duration = duration }, Response)

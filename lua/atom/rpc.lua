@@ -74,11 +74,33 @@ local function parse_opts(fname, argn, opts)
   return timeout == math.huge and -1 or timeout, opts.headers, flags, opts.proxy
 end
 
+-- The last URL that passed the check (a hot loop calls one endpoint).
+local checked_url
 local function check_url(fname, url)
+  if url == checked_url then return end
   if type(url) ~= "string" then
     argerror(1, fname, "string expected, got " .. (url == nil and "no value" or type(url)))
   end
   if not url:find("^%a[%w+.-]*://") then argerror(1, fname, "invalid URL " .. quote(url)) end
+  checked_url = url
+end
+
+-- "rpc <method> at <url>", the operation named in timeout and transport
+-- errors; cached per endpoint and method so a hot loop builds no string.
+local descs, descs_len = {}, 0
+local function desc_of(url, method)
+  local per = descs[url]
+  local d = per and per[method]
+  if d then return d end
+  if descs_len >= 256 then descs, descs_len, per = {}, 0, nil end
+  if not per then
+    per = {}
+    descs[url] = per
+  end
+  d = "rpc " .. method .. " at " .. url
+  per[method] = d
+  descs_len = descs_len + 1
+  return d
 end
 
 -- Raise kind rpc for a reply that is not JSON-RPC.
@@ -112,7 +134,7 @@ end
 
 -- Run fn(...) emitting an rpc event when someone listens.
 local function with_event(url, method, fn, ...)
-  if not events.active() then return fn(...) end
+  if not events.active("rpc") then return fn(...) end
   local t0 = now()
   local res = table.pack(pcall(fn, ...))
   if not res[1] then
@@ -129,8 +151,7 @@ end
 local function call(url, method, params, timeout, headers, flags, proxy)
   last_id = last_id + 1
   local body = request_json(last_id, method, params)
-  local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy,
-    "rpc " .. method .. " at " .. url)
+  local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy, desc_of(url, method))
   local ok, doc = pcall(decode, rbody)
   if not ok or type(doc) ~= "table" then bad_reply(url, method, "reply is not JSON", status, rbody) end
   -- Over HTTP the reply belongs to this request, so its id is not checked

@@ -81,6 +81,10 @@ function M.test(name, fn, opts)
   end
   events.emit("test_end", ev)
   if M.on_test_end then M.on_test_end(ev) end
+  if not _atom.cli and err ~= nil then -- module mode: the failure goes to stderr
+    local lines = require("atom.report.console").failure_block(ev)
+    io.stderr:write("✗ ", name, "\n", table.concat(lines, "\n"), "\n")
+  end
   _atom.checkpoint("test") -- a test cancelled from outside does not return
   return err == nil
 end

@@ -43,6 +43,8 @@ function M.main(cfg)
   end
   events.emit("scenario_start", { file = cfg.file, suite = cfg.suite })
   local chunk = assert(loadfile(cfg.file, "t"))
+  local bad_reactor
+  if cfg.trace_paths then chunk = M.reactor_root(chunk, cfg, function(msg) bad_reactor = msg end) end
   local ok, root, status, err = _atom.run(chunk)
   local ev = { file = cfg.file, suite = cfg.suite, status = "ok" }
   local stopping = _atom.stop_reason and _atom.stop_reason() or nil
@@ -55,10 +57,33 @@ function M.main(cfg)
   events.emit("scenario_end", ev)
   runner.close_luv_handles()
   return {
+    bad_reactor = bad_reactor,
     passed = runner.counts.passed, failed = runner.counts.failed, skipped = runner.counts.skipped,
     matched = runner.matched or false, scenario_error = scenario_error, exit_code = exit_code,
     fail_fast_hit = state.fail_fast_hit or false,
   }
+end
+
+-- `atomlua trace`: the reactor file's top-level code runs in the root task
+-- and returns the reactor; each trace then replays as one test (SPEC §6).
+-- The traces were decoded by the control state already (exit 2 there); they
+-- are decoded again here because ITF values do not cross Lua states.
+function M.reactor_root(chunk, cfg, on_bad)
+  local trace = require "atom.trace"
+  return function()
+    local reactor = chunk()
+    local ok, err = pcall(trace.check_reactor, reactor, cfg.file)
+    if not ok then
+      on_bad(errors.is(err) and err.message or tostring(err))
+      return
+    end
+    local traces = trace.decode_all(cfg.trace_paths)
+    for i, t in ipairs(traces) do
+      state.suite = cfg.trace_from[i]
+      trace.run(reactor, { t }, i)
+    end
+    state.suite = nil
+  end
 end
 
 return M

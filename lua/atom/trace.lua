@@ -255,12 +255,13 @@ end
 --- the trace out).
 ---@param reactor table checked by check_reactor
 ---@param traces table[] from decode_all
-function M.run(reactor, traces)
+---@param index integer|nil the first trace's position in the run (default 1)
+function M.run(reactor, traces, index)
   local atom = require("atom")
   local results = {}
   for i, t in ipairs(traces) do
     local function body()
-      M.replay(reactor, { trace = t.trace, path = t.path, index = i })
+      M.replay(reactor, { trace = t.trace, path = t.path, index = (index or 1) + i - 1 })
     end
     if reactor.timeout then
       results[i] = atom.test(t.path, body, reactor.timeout)
