@@ -15,9 +15,9 @@ LUAFILES := $(shell find lua -name '*.lua' | sort)
 OBJS     := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS)) $(BUILD)/obj/embed.o
 PICOBJS  := $(patsubst src/%.c,$(BUILD)/pic/%.o,$(SRCS)) $(BUILD)/pic/embed.o
 
-# The CLI links Lua and luv statically (faster start, one self-contained file)
+# The CLI links Lua, luv and libuv statically (faster start, one self-contained file)
 # and exports Lua's symbols for C modules a scenario may require.
-BIN_LIBS := -Wl,-E -Wl,-Bstatic -llua5.4-luv -llua5.4 -Wl,-Bdynamic -luv -lm -ldl -lpthread
+BIN_LIBS := -Wl,-E -Wl,-Bstatic -llua5.4-luv -llua5.4 -luv_a -Wl,-Bdynamic -lm -ldl -lpthread
 # The module gets Lua from the interpreter that loads it.
 SO_LIBS  := -llua5.4-luv -luv -lm -ldl -lpthread
 

@@ -3,6 +3,8 @@
  * handler, and the embedded Lua modules of lua/ through package.preload.
  * Also the entry point of module mode, `require "atom"` from stock lua5.4. */
 #include <dlfcn.h>
+#include <ftw.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +53,7 @@ static int embedded_loader(lua_State *L) {
     lua_remove(L, -2);
     lua_remove(L, -2);
   } else {
-    st = luaL_loadbufferx(L, (const char *)e->data, e->len, e->chunkname, "t");
+    st = luaL_loadbufferx(L, (const char *)e->data, e->len, e->chunkname, "b");
   }
   if (st != LUA_OK) return lua_error(L);
   lua_pushstring(L, e->module);
@@ -85,14 +87,20 @@ static void loop_init(void) {
   atom_loop = &loop_storage;
 }
 
+void runtime_init_loop(void);
+void runtime_init_loop(void) { loop_init(); }
+
+/* `require "luv"`: luv on our loop with our callback handler, both set
+ * before luaopen_luv. Opened on first use: it is a third of a start-up. */
+static int open_luv(lua_State *L) {
+  luv_set_loop(L, atom_loop);
+  luv_set_callback(L, luv_callback_pcall);
+  return luaopen_luv(L);
+}
+
 int runtime_open(lua_State *L, bool cli) {
   loop_init();
   luaL_openlibs(L);
-  /* luv on our loop, with our callback handler: both before luaopen_luv. */
-  luv_set_loop(L, atom_loop);
-  luv_set_callback(L, luv_callback_pcall);
-  luaL_requiref(L, "luv", luaopen_luv, 0);
-  lua_pop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_newtable(L); /* _atom */
   sched_register(L);
@@ -117,6 +125,8 @@ int runtime_open(lua_State *L, bool cli) {
   lua_pushcclosure(L, preload_self, 1);
   lua_setfield(L, -3, "_atom");
   lua_pop(L, 1);
+  lua_pushcfunction(L, open_luv);
+  lua_setfield(L, -2, "luv");
   for (int i = 0; embedded_modules[i].module; i++) {
     lua_pushinteger(L, i);
     lua_pushcclosure(L, embedded_loader, 1);
@@ -189,8 +199,32 @@ static int l_luv_handles(lua_State *L) {
   return 1;
 }
 
+static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path) == 0 ? 0 : 0; /* best effort: keep going */
+}
+
+/* _atom.rm_rf(path): remove a run directory and everything in it. */
+static int l_rm_rf(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+  return 0;
+}
+
+/* _atom.isatty(fd) */
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 void util_register_extra(lua_State *L);
 void util_register_extra(lua_State *L) {
+  lua_pushcfunction(L, l_rm_rf);
+  lua_setfield(L, -2, "rm_rf");
+  lua_pushcfunction(L, l_isatty);
+  lua_setfield(L, -2, "isatty");
   lua_pushcfunction(L, l_luv_handles);
   lua_setfield(L, -2, "luv_handles");
   lua_pushcfunction(L, l_mkdir_p);

@@ -17,6 +17,7 @@ void sched_reset(void);
 void sched_abandon_root(void);
 int sched_open_handles(void);
 
+void runtime_init_loop(void);
 static lua_State *control;     /* runs cli.lua and the reporters */
 static lua_State *file_state;  /* the scenario file's state, while it runs */
 static int forward_ref = LUA_NOREF; /* control's function receiving events */
@@ -74,26 +75,21 @@ static void signal_async_cb(uv_async_t *h) {
 
 /* The watchdog does not depend on the loop: it ends the process when the
  * run's grace plus one second has passed (SPEC §1 --timeout), whatever Lua
- * is doing. Preempting a task that never suspends is the scheduler's. */
+ * is doing. It runs on the scheduler's preemption thread. */
 extern volatile bool sched_urgent;
-static void *watchdog_main(void *arg) {
-  (void)arg;
-  uint64_t deadline_ns = timeout_secs > 0 ? uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9) : 0;
-  for (;;) {
-    struct timespec ts = {0, 50 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-    uint64_t now = uv_hrtime();
-    if (first_signal) sched_urgent = true;
-    int code = 0;
-    if (deadline_ns && now > deadline_ns) code = 124;
-    if (first_signal && hard_exit_ns && now > hard_exit_ns) code = signal_status(first_signal);
-    if (code) {
-      fflush(stdout);
-      fprintf(stderr, "atomlua: cleanups did not finish in time; exiting\n");
-      _exit(code);
-    }
+extern void (*volatile sched_watchdog_hook)(void);
+static uint64_t watchdog_deadline_ns;
+static void watchdog_check(void) {
+  uint64_t now = uv_hrtime();
+  if (first_signal) sched_urgent = true;
+  int code = 0;
+  if (watchdog_deadline_ns && now > watchdog_deadline_ns) code = 124;
+  if (first_signal && hard_exit_ns && now > hard_exit_ns) code = signal_status(first_signal);
+  if (code) {
+    fflush(stdout);
+    fprintf(stderr, "atomlua: cleanups did not finish in time; exiting\n");
+    _exit(code);
   }
-  return NULL;
 }
 
 /* }==== */
@@ -244,13 +240,12 @@ static int l_run_file(lua_State *L) {
 static int l_set_limits(lua_State *L) {
   timeout_secs = luaL_optnumber(L, 1, -1);
   grace_secs = luaL_optnumber(L, 2, 10);
-  if (timeout_secs > 0) timer_start(&run_deadline, timeout_secs, run_deadline_cb);
-  pthread_t th;
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 64 * 1024);
-  if (pthread_create(&th, &attr, watchdog_main, NULL) == 0) pthread_detach(th);
-  pthread_attr_destroy(&attr);
+  if (timeout_secs > 0) {
+    timer_start(&run_deadline, timeout_secs, run_deadline_cb);
+    watchdog_deadline_ns = uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9);
+  }
+  /* The scheduler's preemption thread runs this check every 50 ms. */
+  sched_watchdog_hook = watchdog_check;
   return 0;
 }
 
@@ -302,10 +297,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
   /* The loop and its signal wake-up exist before any Lua runs. */
-  lua_State *L = luaL_newstate();
-  if (!L) return 70;
-  control = L;
-  runtime_open(L, true);
+  runtime_init_loop();
   uv_async_init(atom_loop, &signal_async, signal_async_cb);
   uv_unref((uv_handle_t *)&signal_async);
   timer_init(&run_deadline);
@@ -317,8 +309,8 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
-  lua_close(L); /* pmain opens a clean state; the first only made the loop */
-  L = luaL_newstate();
+  lua_State *L = luaL_newstate();
+  if (!L) return 70;
   control = L;
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);

@@ -699,11 +699,13 @@ static void run_task(struct task *t) {
  * yield from a count hook so the loop can fire what is due. Between
  * suspension points Lua code is otherwise never interrupted. */
 volatile bool sched_urgent;
+void (*volatile sched_watchdog_hook)(void); /* the CLI's hard-exit check */
 static void *preempt_main(void *arg) {
   (void)arg;
   for (;;) {
     struct timespec ts = {0, 50 * 1000 * 1000};
     nanosleep(&ts, NULL);
+    if (sched_watchdog_hook) sched_watchdog_hook();
     uint64_t due = timer_next_due();
     bool overdue = due != UINT64_MAX && uv_hrtime() / 1000000 > due + 50;
     if (overdue || sched_urgent) sched_preempt_if_running_longer(100);

@@ -122,25 +122,7 @@ local function fresh_seed()
   return n & math.maxinteger
 end
 
-local function remove_tree(path)
-  local uv = require "luv"
-  local function rm(p)
-    local st = uv.fs_lstat(p)
-    if not st then return end
-    if st.type == "directory" then
-      local it = uv.fs_scandir(p)
-      while it do
-        local name = uv.fs_scandir_next(it)
-        if not name then break end
-        rm(p .. "/" .. name)
-      end
-      uv.fs_rmdir(p)
-    else
-      uv.fs_unlink(p)
-    end
-  end
-  rm(path)
-end
+local remove_tree = _atom.rm_rf
 
 -- The reporters subscribe to the events forwarded from the file states.
 local function make_reporters(o, argv, seed)

@@ -18,26 +18,26 @@ local atom = {
   _stats = _atom.stats,
 }
 
--- Topic modules are wired when they are part of this build.
-local function optional(name, wire)
-  if package.preload[name] then wire(require(name)) end
-end
-optional("atom.assert", function(m) atom.assert_eq = m.assert_eq end)
-optional("atom.json", function(m)
-  atom.json = m
-  atom.base64, atom.hex = m.base64, m.hex
-end)
-optional("atom.proc", function(m)
-  atom.spawn, atom.exec, atom.sh = m.spawn, m.exec, m.sh
-end)
-optional("atom.http", function(m) atom.http = m end)
-optional("atom.rpc", function(m) atom.rpc, atom.rpc_batch = m.rpc, m.rpc_batch end)
-optional("atom.tcp", function(m)
-  atom.tcp = m
-  atom.wait_port, atom.free_port = m.wait_port, m.free_port
-end)
-optional("atom.itf", function(m) atom.itf = { load = m.load, decode = m.decode } end)
-optional("atom.cluster", function(m) atom.cluster = m.cluster end)
+-- Topic modules load on first use, so a scenario pays only for what it
+-- touches (start-up time is a benchmark): name -> {module, field}.
+local lazy = {
+  assert_eq = { "atom.assert", "assert_eq" },
+  json = { "atom.json" }, base64 = { "atom.json", "base64" }, hex = { "atom.json", "hex" },
+  spawn = { "atom.proc", "spawn" }, exec = { "atom.proc", "exec" }, sh = { "atom.proc", "sh" },
+  http = { "atom.http" },
+  rpc = { "atom.rpc", "rpc" }, rpc_batch = { "atom.rpc", "rpc_batch" },
+  tcp = { "atom.tcp" }, wait_port = { "atom.tcp", "wait_port" }, free_port = { "atom.tcp", "free_port" },
+  itf = { "atom.itf", nil, function(m) return { load = m.load, decode = m.decode } end },
+  cluster = { "atom.cluster", "cluster" },
+}
+setmetatable(atom, { __index = function(t, k)
+  local l = lazy[k]
+  if not l or not package.preload[l[1]] then return nil end
+  local m = require(l[1])
+  local v = l[3] and l[3](m) or (l[2] and m[l[2]] or m)
+  rawset(t, k, v)
+  return v
+end })
 
 package.loaded.atom = atom
 return atom

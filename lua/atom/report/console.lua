@@ -17,8 +17,10 @@ local RPC_MAX = 4096 -- bytes of an RPC request/response shown before cutting
 function M.want_color()
   local nc = os.getenv("NO_COLOR")
   if nc and nc ~= "" then return false end
-  local ok, uv = pcall(require, "luv")
-  return ok and uv.guess_handle(1) == "tty"
+  local ok, _atom = pcall(require, "_atom")
+  if ok and _atom.isatty then return _atom.isatty(1) end
+  local okuv, uv = pcall(require, "luv")
+  return okuv and uv.guess_handle(1) == "tty"
 end
 
 --- A console reporter.
