@@ -24,9 +24,11 @@ SO_LIBS  := -llua5.4-luv -luv -lm -ldl -lpthread
 .PHONY: all deps demo test check bench lint clean
 all: $(BUILD)/atomlua $(BUILD)/atom.so
 
-$(BUILD)/obj/%.o: src/%.c src/atom.h | $(BUILD)/obj
+HDRS     := $(wildcard src/*.h)
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -c $< -o $@
-$(BUILD)/pic/%.o: src/%.c src/atom.h | $(BUILD)/pic
+$(BUILD)/pic/%.o: src/%.c $(HDRS) | $(BUILD)/pic
 	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -fPIC -DATOM_MODULE -c $< -o $@
 $(BUILD)/obj/embed.o $(BUILD)/pic/embed.o: $(BUILD)/embed.c
 	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -fPIC -c $< -o $@
@@ -37,7 +39,7 @@ $(BUILD)/obj $(BUILD)/pic:
 
 $(BUILD)/atomlua: $(BUILD)/obj/main.o $(OBJS)
 	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(BIN_LIBS)
-$(BUILD)/obj/main.o: src/main.c src/atom.h | $(BUILD)/obj
+$(BUILD)/obj/main.o: src/main.c $(HDRS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) $(SAN) $(XCFLAGS) -c $< -o $@
 $(BUILD)/atom.so: $(PICOBJS)
 	$(CC) $(CFLAGS) $(SAN) -shared -o $@ $^ $(SO_LIBS)

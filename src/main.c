@@ -168,8 +168,12 @@ static int l_forward(lua_State *L) {
   return 0;
 }
 
+/* _atom.set_forward(fn, all): fn receives the file states' events; `all`
+ * when every event type is wanted (--events), else only the runner's. */
+static bool forward_all;
 static int l_set_forward(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  forward_all = lua_toboolean(L, 2);
   lua_settop(L, 1);
   forward_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -208,6 +212,8 @@ static int l_run_file(lua_State *L) {
   lua_getfield(F, -1, "_atom");
   lua_pushcfunction(F, l_forward);
   lua_setfield(F, -2, "forward");
+  lua_pushboolean(F, forward_all);
+  lua_setfield(F, -2, "events_all");
   lua_pushcfunction(F, l_stop_reason);
   lua_setfield(F, -2, "stop_reason");
   lua_pop(F, 2);

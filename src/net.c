@@ -385,6 +385,18 @@ static int l_stream_close(lua_State *L) {
   return 0;
 }
 
+/* __gc: only closes. A waiting reader holds the stream on its stack, so none
+ * is left unless the Lua state itself is closing; it is not woken then. */
+static int l_stream_gc(lua_State *L) {
+  struct sud *u = lua_touserdata(L, 1);
+  if (u && u->s) {
+    u->s->reader = NULL;
+    stream_close(u->s);
+    u->s = NULL;
+  }
+  return 0;
+}
+
 static int l_stream_tostring(lua_State *L) {
   struct sud *u = luaL_checkudata(L, 1, STREAM_MT);
   if (u->s)
@@ -638,7 +650,7 @@ void net_register(lua_State *L) {
                                        {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_stream_close);
+    lua_pushcfunction(L, l_stream_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_stream_close);
     lua_setfield(L, -2, "__close");

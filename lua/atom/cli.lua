@@ -134,7 +134,7 @@ local function make_reporters(o, argv, seed)
   local function emit(ev)
     for _, r in ipairs(list) do r:on_event(ev) end
   end
-  _atom.set_forward(emit)
+  _atom.set_forward(emit, o.events ~= nil)
   events.clock = _atom.now
   events.subscribe(emit)
   return list

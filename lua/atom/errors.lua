@@ -7,9 +7,12 @@ local M = {}
 local mt = {}
 mt.__index = mt
 mt.__name = "atom.error"
+-- `summary` lets an error keep a peer's message verbatim in `message` while
+-- tostring gives more context (rpc errors: URL, method, code and message).
 mt.__tostring = function(e)
-  if e.where then return e.where .. ": " .. tostring(e.message) end
-  return tostring(e.message)
+  local text = rawget(e, "summary") or e.message
+  if e.where then return e.where .. ": " .. tostring(text) end
+  return tostring(text)
 end
 debug.getregistry()["atom.error"] = mt
 M.mt = mt

@@ -13,13 +13,29 @@ function M.subscribe(fn) sinks[#sinks + 1] = fn end
 
 function M.unsubscribe_all() sinks = {} end
 
---- True when someone listens (skip building costly events otherwise).
-function M.active() return #sinks > 0 end
+-- Event types someone needs; nil means all (--events writes every type).
+-- Without --events the CLI's reporters need only the runner's events, and
+-- http/rpc events, one per request, are then not even built.
+M.wanted = nil
+do
+  local ok, _atom = pcall(require, "_atom")
+  if ok and _atom.forward and _atom.events_all == false then
+    M.wanted = { run_start = true, run_end = true, scenario_start = true, scenario_end = true,
+      test_start = true, test_end = true, process_spawn = true, process_exit = true, _tick = true }
+  end
+end
+
+--- True when someone listens to `type` (skip building costly events otherwise).
+---@param type string|nil
+function M.active(type)
+  if #sinks == 0 then return false end
+  return M.wanted == nil or type == nil or M.wanted[type] == true
+end
 
 ---@param type string SPEC §8 event type
 ---@param ev table|nil the event's fields (the table is used and extended)
 function M.emit(type, ev)
-  if #sinks == 0 then return end
+  if #sinks == 0 or (M.wanted and not M.wanted[type]) then return end
   ev = ev or {}
   ev.type = type
   ev.t = M.clock()

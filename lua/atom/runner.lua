@@ -1,11 +1,13 @@
--- atom.runner: tests (atom.test, atom.skip), module mode's atom.run, and the
--- entry point of a scenario file's Lua state (main), SPEC §2. Reporting is
--- done by subscribers of atom.events (lua/atom/report/).
+-- atom.runner: tests (atom.test, atom.skip) and module mode's atom.run,
+-- SPEC §2. Reporting is done by subscribers of atom.events
+-- (lua/atom/report/); the evidence a failure report shows is gathered by
+-- atom.report.evidence and attached to test_end here.
 local _atom = require "_atom"
 local errors = require "atom.errors"
 local events = require "atom.events"
 local state = require "atom.state"
 local sched = require "atom.sched"
+local evidence = require "atom.report.evidence"
 
 local M = {}
 
@@ -15,6 +17,10 @@ local failed_names = {}
 M.counts = counts
 M.filter = nil       -- --filter PATTERN (plain substring)
 M.on_test_end = nil  -- called with the test_end event (fail-fast, module mode)
+
+--- Log tails of the processes a failed test owned (atom.proc keeps them).
+---@param task userdata the test's task
+M.collect_tails = evidence.tails
 
 local function fmt_secs(s) return ("%.14gs"):format(s) end
 
@@ -26,9 +32,7 @@ local function failure_fields(ev, err, task)
   local x = task and _atom.extra(false, task)
   ev._traceback = errors.is(err) and err.traceback or (x and x.traceback) or nil
   ev._cleanup_errors = x and x.cleanup_errors or nil
-  if x and x.forensics then ev._forensics = x.forensics end
-  if x and x.last_rpc then ev._last_rpc = x.last_rpc end
-  if M.collect_tails and task then ev._tails = M.collect_tails(task) end
+  if task then ev._tails = M.collect_tails(task) end
   local kind = errors.is(err) and err.kind or "error"
   local message = errors.is(err) and err.message or tostring(err)
   local file, line
@@ -40,6 +44,33 @@ local function failure_fields(ev, err, task)
   ev.error = { kind = kind, message = message, file = file, line = tonumber(line), task = ev._task }
 end
 M.failure_fields = failure_fields
+
+-- Run fn as the test's task and wait for it. A timeout is a sleeping
+-- sibling watch rather than a deadline on the task, so that the moment it
+-- expires the runner can note what the test's tasks were waiting for before
+-- cancelling them (a deadline cancels from C, where that is gone).
+-- Returns the task's status and first value, whether it timed out, the task.
+local function run_test_task(name, fn, timeout)
+  local g = _atom.group()
+  local t = _atom.spawn(g, name, sched.TEST, nil, fn)
+  if timeout then
+    _atom.spawn(g, name .. " (timeout)", 0, nil, function() _atom.sleep(timeout) end)
+  end
+  local status, value, timed_out
+  while true do
+    local i, st, v = _atom.group_next(g)
+    if not i then break end
+    if i == 1 then
+      status, value = st, v
+      if timeout and not timed_out then _atom.group_cancel(g, "cancelled: the test ended") end
+    elseif st == "done" and status == nil then -- the watch slept out first
+      timed_out = true
+      evidence.note_waiting(name)
+      _atom.group_cancel(g, ("cancelled: test %q timed out after %s"):format(name, fmt_secs(timeout)))
+    end
+  end
+  return status, value, timed_out, t
+end
 
 ---@param name string
 ---@param fn function
@@ -60,13 +91,14 @@ function M.test(name, fn, opts)
   local file = state.file
   events.emit("test_start", { name = name, file = file, suite = state.suite })
   local start = _atom.now()
-  local g = _atom.group()
-  local t = _atom.spawn(g, name, sched.TEST, timeout, fn)
-  local _, status, value = _atom.group_next(g)
+  evidence.test_started(name, start)
+  local status, value, timed_out, t = run_test_task(name, fn, timeout)
   local ev = { name = name, file = file, suite = state.suite, duration = _atom.now() - start }
+  local notes, rpc = evidence.test_ended(name)
   local err
-  if _atom.deadline_expired(t) then
-    err = errors.new("timeout", ("test %q timed out after %s"):format(name, fmt_secs(timeout)), { task = name })
+  if timed_out then
+    err = errors.new("timeout", ("test %q timed out after %s"):format(name, fmt_secs(timeout)),
+      { task = name, traceback = false })
   elseif status ~= "done" then
     err = value
   end
@@ -78,6 +110,7 @@ function M.test(name, fn, opts)
     counts.failed = counts.failed + 1
     failed_names[#failed_names + 1] = name
     failure_fields(ev, err, t)
+    ev._forensics, ev._last_rpc = notes, rpc
   end
   events.emit("test_end", ev)
   if M.on_test_end then M.on_test_end(ev) end

@@ -31,11 +31,20 @@ end
 
 local function sleep(s) os.execute("sleep " .. s) end
 
--- pids of processes started from family.sh with this tag (the bracket keeps
--- pgrep from matching the shell that runs it).
+-- pids of live processes started from family.sh with this tag, from /proc
+-- (not pgrep: it hangs under the sanitizers' LD_PRELOAD).
 local function survivors(tag)
-  local out = sh("pgrep -f 'sleep 100[01][.]" .. tag .. "' || true")
-  return out:gsub("%s+$", "")
+  local found = {}
+  for pid in sh("ls /proc"):gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/cmdline")
+    local cmd = f and f:read("a") or ""
+    if f then f:close() end
+    local st = io.open("/proc/" .. pid .. "/stat")
+    local zombie = st and st:read("a"):match("^%d+ %b() Z")
+    if st then st:close() end
+    if cmd:find("^sleep%z100[01]%." .. tag) and not zombie then found[#found + 1] = pid end
+  end
+  return table.concat(found, " ")
 end
 
 -- Poll: the reaper may need a moment after atomlua is gone.
@@ -46,7 +55,7 @@ local function assert_no_survivors(tag)
     if left == "" then return end
     sleep(0.05)
   end
-  os.execute("kill -9 " .. left:gsub("\n", " ") .. " 2>/dev/null")
+  os.execute("kill -9 " .. left .. " 2>/dev/null")
   error("processes outlived atomlua: " .. left)
 end
 

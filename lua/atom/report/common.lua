@@ -98,9 +98,14 @@ end
 function M.script_frames(tb)
   local frames = {}
   if type(tb) ~= "string" then return frames end
-  for line in tb:gmatch("[^\n]+") do
+  -- debug.traceback(msg) starts with the message, which the report shows
+  -- already; a cancellation's cheap traceback is only its "file:line",
+  -- which is the error's position: neither is a frame worth repeating.
+  local body = tb:match("\nstack traceback:\n(.*)$") or tb:match("^stack traceback:\n(.*)$")
+  if not body then return frames end
+  for line in body:gmatch("[^\n]+") do
     line = line:match("^%s*(.-)%s*$")
-    if line ~= "" and line ~= "stack traceback:" and not internal_frame(line) then
+    if line ~= "" and not internal_frame(line) then
       frames[#frames + 1] = line
     end
   end

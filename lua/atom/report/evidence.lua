@@ -1,0 +1,111 @@
+-- atom.report.evidence: the failure evidence of SPEC §1's failure block,
+-- gathered in the scenario's own Lua state while tests run: what each
+-- cancelled task was waiting for when a failure cancelled it (forensics),
+-- the last RPC exchange of each test, and the log tails of a test's
+-- processes. The runner attaches it to test_end; reporters only format it.
+local _atom = require "_atom"
+
+local M = {}
+
+local MAX_NOTES = 20 -- per test: enough to see the pattern, not a wall
+
+-- Running tests: name -> how many run under that name (concurrent tests
+-- may share one), for mapping a task name to the test it belongs to.
+local running = {}
+local notes = {}    -- test name -> forensics lines not yet reported
+local last_rpc = {} -- test name -> {request=, response=}
+M.running = running
+
+---@param name string a test that starts
+---@param start number its atom.now() at start
+function M.test_started(name, start)
+  local r = running[name]
+  if r then r.n = r.n + 1 else running[name] = { n = 1, start = start } end
+end
+
+--- Forget a test that ended and hand over its evidence.
+---@param name string
+---@return string[]|nil notes, table|nil last_rpc
+function M.test_ended(name)
+  local r = running[name]
+  if r then
+    r.n = r.n - 1
+    if r.n <= 0 then running[name] = nil end
+  end
+  local n, rpc = notes[name], last_rpc[name]
+  notes[name], last_rpc[name] = nil, nil
+  return n, rpc
+end
+
+-- The running test a task belongs to, by name: a test's task carries the
+-- test's name and its children extend it ("t/1", "t/go2", "t/1/timeout").
+-- A task renamed with atom.name escapes this; its notes are then lost.
+local function test_of(task_name, only)
+  if only then
+    if task_name == only or task_name:sub(1, #only + 1) == only .. "/" then return only end
+    return nil
+  end
+  local best
+  for name in pairs(running) do
+    if (task_name == name or task_name:sub(1, #name + 1) == name .. "/")
+      and (not best or #name > #best) then best = name end
+  end
+  return best
+end
+
+--- Note what every waiting task of test `only` (or of every running test)
+--- waits for, right before a cancellation reaches them: afterwards the
+--- waits are gone. `why` is the cancellation's reason, for the reader.
+---@param only string|nil a test name; nil for all running tests
+function M.note_waiting(only)
+  if not only and next(running) == nil then return end
+  local now = _atom.now()
+  local tasks = _atom.tasks()
+  for i = #tasks, 1, -1 do -- newest first in the list: report in start order
+    local t = tasks[i]
+    local w = t.waiting
+    -- "children": a task waiting for its own children says nothing more.
+    if w and w ~= "children" and w ~= "wait" then
+      local test = test_of(t.name, only)
+      if test then
+        local list = notes[test] or {}
+        notes[test] = list
+        if #list < MAX_NOTES then
+          list[#list + 1] = ("%s cancelled while waiting for %s (%.1fs)%s"):format(t.name, w,
+            now - (t.since or now), t.where and (" at " .. t.where) or "")
+        elseif #list == MAX_NOTES then
+          list[#list + 1] = "… more tasks were cancelled"
+        end
+      end
+    end
+  end
+end
+
+--- Record an `rpc` event as the last exchange of the test it ran in. The
+--- event may carry the raw bodies in private `_request` / `_response` fields
+--- (atom.rpc decides); otherwise the method, URL and outcome are shown.
+---@param ev table an rpc event
+function M.on_rpc(ev)
+  local test = _atom.in_test()
+  if not test then return end
+  local response = ev._response
+  if response == nil then
+    response = ev.error ~= nil and ("error: " .. tostring(ev.error))
+      or ("ok (%.2fs)"):format(tonumber(ev.duration) or 0)
+  end
+  last_rpc[test] = { request = ev._request or ("%s %s"):format(tostring(ev.method), tostring(ev.url)),
+    response = response }
+end
+
+--- The last 20 lines of each process the test task owned, when processes
+--- were used at all (atom.proc keeps them per owner).
+---@param task userdata the test's task
+function M.tails(task)
+  local proc = package.loaded["atom.proc"]
+  if type(proc) ~= "table" or not proc.collect_tails then return nil end
+  local ok, list = pcall(proc.collect_tails, task)
+  if ok and type(list) == "table" and #list > 0 then return list end
+  return nil
+end
+
+return M
