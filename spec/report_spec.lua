@@ -185,7 +185,7 @@ describe("console reporter", function()
   it("heads a scenario error block with (scenario) and the file", function()
     local ev = { type = "scenario_end", t = 1, file = "a.lua", status = "error",
       _error = errors.new("process", "process n1 (pid 9) exited unexpectedly: code 1",
-        { where = "a.lua:4", task = "main" }),
+        { where = "a.lua:4", task = "main", traceback = "stack traceback:\n\t[C]: in ?" }),
       _tails = { { name = "n1", lines = { "panic" }, log = "r/logs/n1.log" } } }
     local lines = run({}, { ev }, { passed = 0, failed = 0, skipped = 0, reason = "scenario-error",
       reason_text = "scenario error in a.lua", seed = 7, argv = { "run", "a.lua" } }):lines()

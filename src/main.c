@@ -21,6 +21,26 @@ void runtime_init_loop(void);
 static lua_State *control;     /* runs cli.lua and the reporters */
 static lua_State *file_state;  /* the scenario file's state, while it runs */
 static int forward_ref = LUA_NOREF; /* control's function receiving events */
+static uv_timer_t tick_timer;       /* the live status line's 1 s beat */
+
+/* Call require("atom.scenario")[name]() in the running file's state when
+ * that module defines it. Only from loop callbacks: no task is inside
+ * lua_resume then, and the file state's main thread waits in _atom.run. */
+static void file_hook(const char *name) {
+  lua_State *F = file_state;
+  if (!F) return;
+  int top = lua_gettop(F);
+  lua_getfield(F, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(F, -1, "atom.scenario") == LUA_TTABLE && lua_getfield(F, -1, name) == LUA_TFUNCTION &&
+      lua_pcall(F, 0, 0, 0) != LUA_OK)
+    fprintf(stderr, "atomlua: %s: %s\n", name, lua_tostring(F, -1));
+  lua_settop(F, top);
+}
+
+static void tick_cb(uv_timer_t *h) {
+  (void)h;
+  file_hook("tick");
+}
 
 /* {==== the end of a run: deadline, signals, watchdog ==== */
 
@@ -52,6 +72,7 @@ static void stop_run(const char *reason, const char *message, int code, double f
   hard_exit_code = code;
   hard_exit_ns = (uint64_t)from_ns + (uint64_t)((grace_secs + 1) * 1e9);
   if (file_state) {
+    file_hook("before_stop"); /* failure forensics: what the tests waited for */
     sched_cancel_root(file_state, message);
     timer_start(&run_grace, grace_secs, run_grace_cb);
   }
@@ -218,6 +239,11 @@ static int l_run_file(lua_State *L) {
   lua_setfield(F, -2, "stop_reason");
   lua_pop(F, 2);
   file_state = F;
+  /* The live status line: ticks only while this file runs on a terminal. The
+   * timer is unref'd, so it never keeps the loop (or a deadlock) alive. */
+  lua_getfield(L, 2, "live");
+  if (lua_toboolean(L, -1)) uv_timer_start(&tick_timer, tick_cb, 1000, 1000);
+  lua_pop(L, 1);
   lua_getglobal(F, "require");
   lua_pushstring(F, entry);
   int st = lua_pcall(F, 1, 1, 0);
@@ -234,6 +260,7 @@ static int l_run_file(lua_State *L) {
     lua_setfield(L, -2, "internal_error");
   }
   file_state = NULL;
+  uv_timer_stop(&tick_timer);
   timer_stop(&run_grace);
   const char *dbg = getenv("ATOMLUA_DEBUG");
   if (dbg && strstr(dbg, "leaks")) report_leaks(entry);
@@ -306,6 +333,8 @@ int main(int argc, char **argv) {
   runtime_init_loop();
   uv_async_init(atom_loop, &signal_async, signal_async_cb);
   uv_unref((uv_handle_t *)&signal_async);
+  uv_timer_init(atom_loop, &tick_timer);
+  uv_unref((uv_handle_t *)&tick_timer);
   timer_init(&run_deadline);
   timer_init(&run_grace);
   struct sigaction sa;

@@ -88,8 +88,8 @@ static void log_append(struct outbuf *o, const char *p, size_t n) {
 }
 
 void outbuf_log_raw(struct outbuf *o, const char *data, size_t n) {
-  log_append(o, data, n);
   outbuf_flush(o);
+  log_write(o, data, n); /* no buffer: most execs log nothing else */
 }
 
 /* }==== */

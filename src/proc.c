@@ -4,7 +4,9 @@
  * critical process dies, and release everything once it is over. Tasks wait
  * on a process through proclua.c; the public API is lua/atom/proc.lua.
  * Children are reaped one pid at a time, never with waitpid(-1): luv's
- * uv.spawn children belong to libuv. */
+ * uv.spawn children belong to libuv. Output pipes and pidfds sit in a
+ * private epoll set behind one uv_poll handle: a uv_poll per fd would cost
+ * four more epoll_ctl calls per fd (libuv probes every new fd). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +31,8 @@ static int live_children;      /* spawned and not yet reaped */
 static int devnull = -1;
 
 static char readbuf[64 * 1024]; /* one loop thread: every read goes through it */
+static struct timer reaper_timer;
+static bool reaper_timer_ready;
 
 static void on_exit_cb(struct proc *p);
 static void maybe_release(struct proc *p);
@@ -76,23 +81,83 @@ void proc_push_signame(lua_State *L, int sig) {
 
 /* Our handles keep data == NULL (luv's uv.walk); the owner is found by
  * container_of, and closing counts down p->handles. */
-static void rpipe_close_cb(uv_handle_t *h) {
-  struct rpipe *rp = container_of((uv_poll_t *)h, struct rpipe, h);
-  struct proc *p = rp->p;
-  p->handles--;
-  maybe_release(p);
-}
-
-static void exit_close_cb(uv_handle_t *h) {
-  struct proc *p = container_of((uv_poll_t *)h, struct proc, exit_h);
-  p->handles--;
-  maybe_release(p);
-}
-
 static void in_close_cb(uv_handle_t *h) {
   struct proc *p = container_of((uv_poll_t *)h, struct proc, in_h);
   p->handles--;
   maybe_release(p);
+}
+
+/* The reaper hears of new and gone groups once per loop iteration. */
+static void reaper_cb(struct timer *tm) {
+  (void)tm;
+  reaper_flush();
+}
+
+static void reaper_soon(void) {
+  if (!reaper_timer_ready) {
+    timer_init(&reaper_timer);
+    reaper_timer_ready = true;
+  }
+  if (!timer_active(&reaper_timer)) timer_start(&reaper_timer, 0, reaper_cb);
+}
+
+/* }==== */
+
+/* {==== the private epoll set ==== */
+
+enum { EV_STDOUT = 0, EV_STDERR = 1, EV_EXIT = 2 }; /* low bits of epoll data */
+
+static int epfd = -1;
+static uv_poll_t ep_h;
+static int ep_count;         /* fds in the set; the uv_poll runs while > 0 */
+static int dispatching;      /* inside ep_cb: frees wait for the batch's end */
+static struct proc *free_later;
+
+static void out_event(struct proc *p, int s);
+static void exit_event(struct proc *p);
+
+static void ep_cb(uv_poll_t *h, int status, int events) {
+  (void)h;
+  (void)status;
+  (void)events;
+  struct epoll_event ev[64];
+  int n = epoll_wait(epfd, ev, 64, 0);
+  dispatching++;
+  for (int i = 0; i < n; i++) {
+    struct proc *p = (struct proc *)(uintptr_t)(ev[i].data.u64 & ~(uint64_t)3);
+    int code = (int)(ev[i].data.u64 & 3);
+    if (code == EV_EXIT) {
+      if (p->pidfd >= 0) exit_event(p);
+    } else if (p->out[code].fd >= 0) { /* not closed by an earlier event */
+      out_event(p, code);
+    }
+  }
+  if (--dispatching == 0)
+    while (free_later) {
+      struct proc *p = free_later;
+      free_later = p->free_next;
+      p->handles = 0;
+      maybe_release(p);
+    }
+}
+
+static int ep_add(int fd, struct proc *p, int code) {
+  if (epfd < 0) {
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0) return -errno;
+    uv_poll_init(atom_loop, &ep_h, epfd);
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)p | (uint64_t)code};
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -errno;
+  if (ep_count++ == 0) uv_poll_start(&ep_h, UV_READABLE, ep_cb);
+  return 0;
+}
+
+/* Before close: another process may still hold the same pipe (a fork that
+ * has not exec'd yet), which would keep a closed fd in the set. */
+static void ep_del(int fd) {
+  epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+  if (--ep_count == 0) uv_poll_stop(&ep_h);
 }
 
 /* }==== */
@@ -153,10 +218,9 @@ static void wake_lines(struct proc *p) { wake_kind(p, W_LINE, line_ready, push_n
 static void rpipe_close(struct proc *p, int s) {
   struct rpipe *rp = &p->out[s];
   if (rp->fd < 0) return;
-  uv_poll_stop(&rp->h);
+  ep_del(rp->fd);
   close(rp->fd);
   rp->fd = -1;
-  uv_close((uv_handle_t *)&rp->h, rpipe_close_cb);
   outbuf_eof(&p->ob, s);
 }
 
@@ -188,14 +252,8 @@ static void check_output_end(struct proc *p) {
   if (p->reaped && p->out[0].fd < 0 && p->out[1].fd < 0) end_output(p);
 }
 
-static void out_cb(uv_poll_t *h, int status, int events) {
-  (void)events;
-  struct rpipe *rp = container_of(h, struct rpipe, h);
-  struct proc *p = rp->p;
-  if (status < 0)
-    rpipe_close(p, rp->s);
-  else
-    read_some(p, rp->s, 16);
+static void out_event(struct proc *p, int s) {
+  read_some(p, s, 16);
   outbuf_flush(&p->ob);
   wake_lines(p);
   check_output_end(p);
@@ -342,10 +400,9 @@ struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n) {
 
 static void exit_poll_close(struct proc *p) {
   if (p->pidfd < 0) return;
-  uv_poll_stop(&p->exit_h);
+  ep_del(p->pidfd);
   close(p->pidfd);
   p->pidfd = -1;
-  uv_close((uv_handle_t *)&p->exit_h, exit_close_cb);
 }
 
 static void mark_reaped(struct proc *p, int status) {
@@ -426,10 +483,7 @@ void proc_kill_and_reap(struct proc *p) {
   }
 }
 
-static void exit_cb(uv_poll_t *h, int status, int events) {
-  (void)status;
-  (void)events;
-  struct proc *p = container_of(h, struct proc, exit_h);
+static void exit_event(struct proc *p) {
   if (!p->reaped) {
     int st;
     pid_t r = waitpid(p->pid, &st, WNOHANG);
@@ -508,7 +562,11 @@ static void on_exit_cb(struct proc *p) {
  * reaper entry, the owner link and the strong ref; memory goes with __gc. */
 static void maybe_release(struct proc *p) {
   if (p->released) {
-    if (p->ud_gone && p->handles == 0) {
+    if (p->ud_gone && p->handles == 0 && dispatching) { /* ep_cb may still look at it */
+      p->free_next = free_later;
+      free_later = p;
+      p->handles = -1; /* queued once; ep_cb sets it back to 0 */
+    } else if (p->ud_gone && p->handles == 0) {
       outbuf_free(&p->ob);
       free(p->name);
       free(p);
@@ -526,9 +584,10 @@ static void maybe_release(struct proc *p) {
   proc_stdin_close(p);
   exit_poll_close(p);
   outbuf_flush(&p->ob);
-  if (p->ob.logfd >= 0) close(p->ob.logfd);
+  if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
   p->ob.logfd = -1;
   reaper_remove(p->pid);
+  if (reaper_pending()) reaper_soon();
   proc_owner_unlink(p);
   if (p->gprev)
     p->gprev->gnext = p->gnext;
@@ -546,8 +605,7 @@ static void maybe_release(struct proc *p) {
 
 static int pipe_pair(int fds[2], int nonblock_end) {
   if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
-  int fl = fcntl(fds[nonblock_end], F_GETFL);
-  fcntl(fds[nonblock_end], F_SETFL, fl | O_NONBLOCK);
+  fcntl(fds[nonblock_end], F_SETFL, O_NONBLOCK); /* a new pipe has no other status flags */
   return 0;
 }
 
@@ -590,6 +648,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     return NULL;
   }
   reaper_add(p->pid);
+  reaper_soon();
   live_children++;
   p->ref = LUA_NOREF;
   p->critical = o->critical;
@@ -607,16 +666,9 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     rp->p = p;
     rp->s = s;
     rp->fd = fds[s];
-    if (rp->fd < 0) continue;
-    uv_poll_init(atom_loop, &rp->h, rp->fd);
-    uv_poll_start(&rp->h, UV_READABLE | UV_DISCONNECT, out_cb);
-    p->handles++;
+    if (rp->fd >= 0) ep_add(rp->fd, p, s);
   }
-  if (p->pidfd >= 0) {
-    uv_poll_init(atom_loop, &p->exit_h, p->pidfd);
-    uv_poll_start(&p->exit_h, UV_READABLE, exit_cb);
-    p->handles++;
-  }
+  if (p->pidfd >= 0) ep_add(p->pidfd, p, EV_EXIT);
   p->gnext = live_head;
   if (live_head) live_head->gprev = p;
   live_head = p;

@@ -39,9 +39,13 @@ int spawn_start(const struct spawn_req *req, pid_t *pid, int *pidfd, const char 
 
 /* Tell the reaper process (started on first use) that group pgid exists /
  * is gone. When atomlua dies, however it dies, the reaper SIGKILLs every
- * group it still knows. */
+ * group it still knows. Records are queued until reaper_flush (one send per
+ * loop iteration, not two per process); until then PR_SET_PDEATHSIG covers
+ * the new leaders, which have had no time to start grandchildren. */
 void reaper_add(pid_t pgid);
 void reaper_remove(pid_t pgid);
+void reaper_flush(void);
+bool reaper_pending(void);
 pid_t reaper_pid(void); /* 0 before the first add */
 
 /* }==== */
@@ -132,7 +136,6 @@ struct wreq { /* queued bytes for stdin */
 };
 
 struct rpipe {
-  uv_poll_t h;
   struct proc *p;
   int s;  /* 0 stdout, 1 stderr */
   int fd; /* -1 once closed */
@@ -151,8 +154,8 @@ struct proc {
   bool reaped, exit_done, out_ended, group_done, caused;
   bool stopping, stop_done, sigkilled, released, ud_gone;
   bool in_inited, in_polling, in_close_after;
-  int handles; /* uv handles not yet closed */
-  uv_poll_t exit_h;
+  bool log_shared; /* ob.logfd belongs to proclua.c's shared exec.log */
+  int handles; /* uv handles not yet closed (only in_h) */
   struct rpipe out[2];
   int in_fd;
   uv_poll_t in_h;
@@ -165,6 +168,7 @@ struct proc {
   struct proc *gnext, *gprev; /* every unreleased process */
   struct ownstop *os;
   int os_idx;
+  struct proc *free_next; /* freed after the current event batch */
 };
 
 extern lua_State *proc_L; /* a thread of the current Lua state, for callbacks */

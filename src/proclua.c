@@ -18,6 +18,29 @@
 
 extern char **environ;
 
+/* exec.log is shared by every exec of a scenario file: opened once. */
+static struct {
+  char *path;
+  int fd;
+} shared_log = {NULL, -1};
+
+static void shared_log_close(void) {
+  if (shared_log.fd >= 0) close(shared_log.fd);
+  free(shared_log.path);
+  shared_log.path = NULL;
+  shared_log.fd = -1;
+}
+
+static int shared_log_fd(const char *path) {
+  if (shared_log.path && strcmp(shared_log.path, path) == 0) return shared_log.fd;
+  shared_log_close();
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return -1;
+  shared_log.path = strdup(path);
+  shared_log.fd = fd;
+  return fd;
+}
+
 struct ownstop {
   struct wait w;
   struct proc **procs;
@@ -106,8 +129,9 @@ static const char *opt_str(lua_State *L, int t, const char *k) {
 }
 
 /* _atom.proc_spawn(opts) -> handle, owner task (or nil). opts: argv, env,
- * env_clear, cwd, stdin ("pipe" | nil), stdin_data, output, log, tail,
- * lines, critical, grace, name, wrapper (the public object). */
+ * env_clear, cwd, stdin ("pipe" | nil), stdin_data, output, log, log_shared
+ * (exec.log: kept open for the next exec), tail, lines, critical, grace,
+ * name, wrapper (the public object). */
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -157,9 +181,12 @@ static int l_spawn(lua_State *L) {
   o.path = path;
 
   const char *log = opt_str(L, 1, "log");
+  lua_getfield(L, 1, "log_shared");
+  bool log_shared = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   o.logfd = -1;
   if (log && o.output == OUT_CAPTURE) {
-    o.logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    o.logfd = log_shared ? shared_log_fd(log) : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (o.logfd < 0) return util_error(L, "io", "cannot open log %s: %s", log, strerror(errno));
   }
   struct proc **ud = lua_newuserdatauv(L, sizeof *ud, 1);
@@ -169,7 +196,7 @@ static int l_spawn(lua_State *L) {
   const char *stage;
   struct proc *p = proc_start(&o, &err, &stage);
   if (!p) {
-    if (o.logfd >= 0) close(o.logfd);
+    if (o.logfd >= 0 && !log_shared) close(o.logfd);
     if (strcmp(stage, "exec") == 0)
       return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-err));
     if (strcmp(stage, "chdir") == 0)
@@ -177,6 +204,7 @@ static int l_spawn(lua_State *L) {
     return util_error(L, "spawn", "cannot spawn %s: %s failed: %s", argv[0], stage, strerror(-err));
   }
   *ud = p;
+  p->log_shared = log_shared;
   if (in_data) {
     proc_stdin_queue(p, in_data, in_len);
     p->in_close_after = true;
@@ -530,6 +558,7 @@ static int l_anchor_gc(lua_State *L) {
     next = p->gnext;
     proc_abandon(p);
   }
+  shared_log_close();
   proc_L = NULL;
   return 0;
 }

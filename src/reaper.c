@@ -23,8 +23,10 @@
 
 static int sock = -1; /* atomlua's end; its close is the reaper's signal */
 static pid_t rpid;
-static pid_t *groups; /* what the reaper knows, to replay after a restart */
+static pid_t *groups; /* what the reaper is told, to replay after a restart */
 static size_t ngroups, capgroups;
+static int32_t *pending; /* records not sent yet: +pgid added, -pgid gone */
+static size_t npending, cappending;
 static bool warned;
 
 /* {==== the reaper process ==== */
@@ -91,14 +93,20 @@ static void __attribute__((noreturn)) reaper_main(int fd) {
 
 /* {==== atomlua's side ==== */
 
-static bool send_rec(int32_t v) {
+static void restart(void);
+
+static bool send_all(const int32_t *v, size_t n) {
   if (sock < 0) return false;
-  for (;;) {
-    ssize_t k = send(sock, &v, sizeof v, MSG_NOSIGNAL);
-    if (k == (ssize_t)sizeof v) return true;
+  const char *p = (const char *)v;
+  size_t len = n * sizeof *v;
+  while (len > 0) {
+    ssize_t k = send(sock, p, len, MSG_NOSIGNAL);
     if (k < 0 && errno == EINTR) continue;
-    return false;
+    if (k < 0) return false;
+    p += k;
+    len -= (size_t)k;
   }
+  return true;
 }
 
 static bool start(void) {
@@ -120,7 +128,13 @@ static bool start(void) {
   }
   sock = sv[0];
   rpid = pid;
-  for (size_t i = 0; i < ngroups; i++) send_rec(groups[i]);
+  int32_t *known = malloc(ngroups * sizeof *known + 1);
+  if (known) {
+    for (size_t i = 0; i < ngroups; i++) known[i] = groups[i];
+    send_all(known, ngroups);
+    free(known);
+  }
+  npending = 0; /* the new reaper knows everything now */
   return true;
 }
 
@@ -138,6 +152,21 @@ static void restart(void) {
   }
 }
 
+static void queue(int32_t v) {
+  if (npending == cappending) {
+    size_t cap = cappending ? 2 * cappending : 64;
+    int32_t *q = realloc(pending, cap * sizeof *q);
+    if (!q) { /* cannot queue: tell it now */
+      reaper_flush();
+      if (!send_all(&v, 1)) restart();
+      return;
+    }
+    pending = q;
+    cappending = cap;
+  }
+  pending[npending++] = v;
+}
+
 void reaper_add(pid_t pgid) {
   if (ngroups == capgroups) {
     size_t cap = capgroups ? 2 * capgroups : 64;
@@ -146,17 +175,33 @@ void reaper_add(pid_t pgid) {
     groups = g;
     capgroups = cap;
   }
+  if (sock < 0 && rpid == 0) restart(); /* the first spawn starts the reaper */
   groups[ngroups++] = pgid;
-  if (!send_rec(pgid)) restart();
+  queue(pgid);
 }
 
 void reaper_remove(pid_t pgid) {
   for (size_t i = 0; i < ngroups; i++)
     if (groups[i] == pgid) {
       groups[i] = groups[--ngroups];
-      if (!send_rec(-pgid)) restart();
+      /* Added and gone before the reaper heard of it: tell it nothing. */
+      for (size_t j = npending; j-- > 0;)
+        if (pending[j] == pgid) {
+          pending[j] = pending[--npending];
+          return;
+        }
+      queue(-pgid);
       return;
     }
+}
+
+bool reaper_pending(void) { return npending > 0; }
+
+void reaper_flush(void) {
+  if (npending == 0) return;
+  size_t n = npending;
+  npending = 0;
+  if (!send_all(pending, n)) restart(); /* a new reaper learns every group */
 }
 
 pid_t reaper_pid(void) { return rpid; }

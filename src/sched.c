@@ -65,6 +65,8 @@ struct task {
   struct wait own_wait;     /* sleep and park need no memory of their own */
   struct joiner *joiners;   /* tasks waiting in t:join() */
   int go_count;
+  int name_n;               /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
+  bool name_go;
   void *procs;              /* the proc module's list head */
 };
 
@@ -128,13 +130,28 @@ static void set_uv_top(lua_State *L, struct task *t, int slot) { /* [value] -> [
   lua_pop(L, 1);
 }
 
+/* Push the name of the task whose userdata is at `ud`. Children's names
+ * ("<parent>/<n>", "<parent>/go<n>") are built on first read and cached, so
+ * starting 10,000 tasks makes no strings. */
+static void push_name(lua_State *L, int ud, struct task *t) {
+  ud = lua_absindex(L, ud);
+  lua_getiuservalue(L, ud, UV_NAME);
+  if (t->name_n) {
+    lua_pushfstring(L, t->name_go ? "%s/go%d" : "%s/%d", lua_tostring(L, -1), t->name_n);
+    lua_remove(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, ud, UV_NAME);
+    t->name_n = 0;
+  }
+}
+
 const char *sched_task_name(lua_State *L, struct task *t) {
   if (t->ref == LUA_NOREF) {
     lua_pushliteral(L, "?");
     return lua_tostring(L, -1);
   }
   push_ud(L, t);
-  lua_getiuservalue(L, -1, UV_NAME);
+  push_name(L, -1, t);
   lua_remove(L, -2);
   return lua_tostring(L, -1);
 }
@@ -179,28 +196,44 @@ static struct task *dequeue(void) {
 
 /* {==== errors delivered to tasks ==== */
 
+/* Where a suspended or running thread is, as the first frame outside atom's
+ * own Lua code: pushes its short source and returns the line (0: none). */
+static int push_where_parts(lua_State *L, lua_State *co) {
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(co, level, &ar); level++) {
+    if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0) continue;
+    if (strncmp(ar.source, "@lua/atom/", 10) == 0 || ar.source[0] == '=') continue;
+    lua_pushstring(L, ar.short_src);
+    return ar.currentline;
+  }
+  return 0;
+}
+
 /* Push on L the cancellation error for t: kind cancelled, the reason's
- * message, and child_error when an unjoined child or a process failed. */
+ * message, and child_error when an unjoined child or a process failed.
+ * `where`, `task` and `traceback` are filled in lazily from _src, _line and
+ * _t by the error metatable (lua/atom/errors.lua): cancelling 10,000 tasks
+ * makes no strings. */
 static void push_cancel_error(lua_State *L, struct task *t, lua_State *where_L) {
   push_ud(L, t);
   lua_getiuservalue(L, -1, UV_CANCEL); /* [ud, reason] */
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 8);
   lua_pushliteral(L, "cancelled");
   lua_setfield(L, -2, "kind");
   lua_getfield(L, -2, "message");
   lua_setfield(L, -2, "message");
-  lua_getfield(L, -2, "child_error");
-  lua_setfield(L, -2, "child_error");
-  char buf[512];
-  const char *where = util_where(where_L, buf, sizeof buf);
-  if (where) {
-    lua_pushstring(L, where);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "where");
-    lua_setfield(L, -2, "traceback"); /* cheap: cancelling 10,000 tasks stays cheap */
+  if (lua_getfield(L, -2, "child_error") != LUA_TNIL)
+    lua_setfield(L, -2, "child_error");
+  else
+    lua_pop(L, 1);
+  int line = push_where_parts(L, where_L);
+  if (line) {
+    lua_setfield(L, -2, "_src");
+    lua_pushinteger(L, line);
+    lua_setfield(L, -2, "_line");
   }
-  lua_getiuservalue(L, -3, UV_NAME);
-  lua_setfield(L, -2, "task");
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "_t");
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "_own"); /* this task's own cancellation (status cancelled) */
   luaL_getmetatable(L, "atom.error");
@@ -780,6 +813,8 @@ void sched_shutdown(void) {
 
 /* {==== Lua bindings: tasks ==== */
 
+static void deadline_cb(struct timer *tm);
+
 static struct task *check_task(lua_State *L, int idx, const char *fname) {
   struct task *t = luaL_testudata(L, idx, "atom.task");
   if (!t) util_typeerror(L, idx, fname, "task");
@@ -798,16 +833,19 @@ static int l_spawn(lua_State *L) {
   luaL_checktype(L, 5, LUA_TFUNCTION);
   struct task *cur = S.current, *parent = cur ? cur : S.root;
   if (!parent) return util_error(L, "usage", "no atom run is active (use atom.run or a scenario)");
-  if (lua_isnil(L, 2)) {
-    sched_task_name(L, parent);
-    lua_pushfstring(L, "%s/go%d", lua_tostring(L, -1), ++parent->go_count);
-    lua_replace(L, 2);
-    lua_pop(L, 1);
-  }
   int nargs = lua_gettop(L) - 5;
   struct task *t = task_new(L, parent, nargs, flags); /* consumes fn and args */
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, UV_NAME);
+  if (lua_isnil(L, 2)) { /* "<parent>/<n>" in a group, else "<parent>/go<n>", built lazily */
+    push_ud(L, parent);
+    push_name(L, -1, parent);
+    lua_setiuservalue(L, -3, UV_NAME);
+    lua_pop(L, 1);
+    t->name_go = g == NULL;
+    t->name_n = g ? g->spawned + 1 : ++parent->go_count;
+  } else {
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, UV_NAME);
+  }
   if (g) {
     t->group = g;
     t->group_index = ++g->spawned;
@@ -821,15 +859,12 @@ static int l_spawn(lua_State *L) {
   }
   if (deadline >= 0) {
     t->deadline_secs = deadline;
-    timer_start(&t->deadline, deadline, NULL);
-    extern void sched_deadline_cb(struct timer *);
-    t->deadline.cb = sched_deadline_cb;
+    timer_start(&t->deadline, deadline, deadline_cb);
   }
   return 1;
 }
 
-void sched_deadline_cb(struct timer *tm);
-void sched_deadline_cb(struct timer *tm) {
+static void deadline_cb(struct timer *tm) {
   struct task *t = container_of(tm, struct task, deadline);
   t->deadline_expired = true;
   char buf[64];
@@ -855,7 +890,7 @@ static int l_task_index(lua_State *L) {
   struct task *t = check_task(L, 1, "index");
   const char *k = luaL_checkstring(L, 2);
   if (strcmp(k, "name") == 0) {
-    lua_getiuservalue(L, 1, UV_NAME);
+    push_name(L, 1, t);
     return 1;
   }
   lua_getmetatable(L, 1);
@@ -894,7 +929,7 @@ static void joiner_cancel(struct wait *w) {
 static int join_result(lua_State *L, struct task *t) {
   if (t->status == T_DONE) return push_outcome(L, t);
   if (t->status == T_CANCELLED) {
-    lua_getiuservalue(L, 1, UV_NAME);
+    push_name(L, 1, t);
     return util_error(L, "cancelled", "task %s was cancelled", lua_tostring(L, -1));
   }
   push_outcome(L, t);
@@ -929,14 +964,14 @@ static int l_task_join(lua_State *L) {
   j->target = t;
   j->next = t->joiners;
   t->joiners = j;
-  lua_getiuservalue(L, 1, UV_NAME);
+  push_name(L, 1, t);
   lua_pushfstring(L, "t:join() of %s", lua_tostring(L, -1));
   return wait_with_k(L, &j->w, timeout, lua_gettop(L), join_k);
 }
 
 static int l_task_tostring(lua_State *L) {
   struct task *t = check_task(L, 1, "tostring");
-  lua_getiuservalue(L, 1, UV_NAME);
+  push_name(L, 1, t);
   lua_pushfstring(L, "atom.task %s (%s)", lua_tostring(L, -1), status_names[t->status]);
   return 1;
 }
@@ -1100,7 +1135,7 @@ static int l_task_name(lua_State *L) {
   if (lua_isnoneornil(L, 1)) {
     sched_task_name(L, t);
   } else {
-    lua_getiuservalue(L, 1, UV_NAME);
+    push_name(L, 1, t);
   }
   return 1;
 }
@@ -1111,6 +1146,7 @@ static int l_rename(lua_State *L) {
   if (!t) return util_error(L, "usage", "atom.name called outside a task");
   lua_settop(L, 1);
   set_uv_top(L, t, UV_NAME);
+  t->name_n = 0;
   return 0;
 }
 
@@ -1153,16 +1189,34 @@ static int l_extra(lua_State *L) {
   return 1;
 }
 
-/* Trampoline step 2: cancel the unjoined children, wait until none is left. */
+/* After step 2: push the task's notes table (or nil) and whether it owns
+ * processes, so the trampoline's common path needs one C call. */
+static int push_end_info(lua_State *L, struct task *t) {
+  push_ud(L, t);
+  lua_getiuservalue(L, -1, UV_EXTRA);
+  lua_remove(L, -2);
+  lua_pushboolean(L, (t->flags & (TF_TEST | TF_ROOT)) != 0);
+  return 2;
+}
+
+static int end_children_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return push_end_info(L, S.current);
+}
+
+/* Trampoline step 2: cancel the unjoined children, wait until none is left.
+ * Returns the task's notes table (or nil) and whether it is an owner. */
 static int l_end_children(lua_State *L) {
   struct task *t = sched_current(L);
-  if (!t || !t->child_head) return 0;
+  if (!t) return 0;
+  if (!t->child_head) return push_end_info(L, t);
   push_reason(L, "cancelled: its parent task ended");
   int reason = lua_gettop(L);
   for (struct task *c = t->child_head; c; c = c->sib_next)
     if (!c->joiners) cancel_tree(L, c, reason, true);
   lua_pop(L, 1);
-  if (!t->child_head) return 0;
+  if (!t->child_head) return push_end_info(L, t);
   struct wait *w = &t->own_wait;
   memset(w, 0, sizeof *w);
   w->what = "!children";
@@ -1171,7 +1225,7 @@ static int l_end_children(lua_State *L) {
   t->wait_since = util_now();
   lua_pushnil(L);
   set_uv_top(L, t, UV_DESC);
-  return lua_yieldk(L, 0, 0, wait_k);
+  return lua_yieldk(L, 0, 0, end_children_k);
 }
 
 /* Trampoline step 3: cleanups run shielded; the grace starts now unless the

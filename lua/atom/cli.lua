@@ -125,19 +125,41 @@ end
 local remove_tree = _atom.rm_rf
 
 -- The reporters subscribe to the events forwarded from the file states.
-local function make_reporters(o, argv, seed)
+-- Private `_tick` and `_output` events (the live status line and scenario
+-- output while it is shown) go to the console alone. Raises a string error
+-- when a report file cannot be opened.
+local function make_reporters(o)
   local list = {}
   local console = require("atom.report.console")
-  list[#list + 1] = console.new({ color = console.want_color(), verbose = o.verbose })
+  local color = console.want_color()
+  local con = console.new({ color = color, live = color, verbose = o.verbose })
+  list[#list + 1] = con
   if o.junit then list[#list + 1] = require("atom.report.junit").new({ path = o.junit }) end
   if o.events then list[#list + 1] = require("atom.report.events").new({ path = o.events }) end
   local function emit(ev)
+    local ty = ev.type
+    if ty == "_tick" then return con:tick(ev) end
+    if ty == "_output" then return con:write_user(ev.text) end
     for _, r in ipairs(list) do r:on_event(ev) end
   end
-  _atom.set_forward(emit, o.events ~= nil)
+  _atom.set_forward(emit)
   events.clock = _atom.now
   events.subscribe(emit)
-  return list
+  return list, color
+end
+
+-- Each scenario file's directory inside the run directory when several
+-- run: its basename, with "-2", "-3"... when two files share one.
+local function file_dirs(run_dir, files)
+  local dirs, used = {}, {}
+  for i, f in ipairs(files) do
+    local base, n = basename(f), 1
+    local name = base
+    while used[name] do n = n + 1; name = base .. "-" .. n end
+    used[name] = true
+    dirs[i] = #files > 1 and (run_dir .. "/" .. name) or run_dir
+  end
+  return dirs
 end
 
 local function check_files(files)
@@ -171,12 +193,14 @@ local function run_command(o, argv, command)
     prepared = res
   end
   local seed = o.seed or fresh_seed()
+  local okr, reporters, live = pcall(make_reporters, o)
+  if not okr then return bad_input(tostring(reporters)) end
   _atom.set_limits(o.timeout, o.grace or 10)
   local workdir = o.workdir or ".atomlua/runs"
   local name = stem(command == "trace" and o.reactor or o.files[1])
   local run_dir = ("%s/%s-%s-%s"):format(workdir, os.date("%Y%m%d-%H%M%S"), name, random_chars(6))
-  _atom.mkdir_p(run_dir)
-  local reporters = make_reporters(o, argv, seed)
+  local okd, derr = pcall(_atom.mkdir_p, run_dir)
+  if not okd then return bad_input(tostring(type(derr) == "table" and derr.message or derr)) end
   events.emit("run_start", { version = _atom.version, argv = argv, seed = seed })
   local total = { passed = 0, failed = 0, skipped = 0 }
   local scenario_error, matched, exit_override, fail_fast_hit, scenario_error_file = false, false, nil, false, nil
@@ -184,14 +208,15 @@ local function run_command(o, argv, command)
   if command == "run" then
     for _, f in ipairs(o.files) do units[#units + 1] = { file = f, entry = "atom.scenario" } end
   end
-  for _, u in ipairs(units) do
+  local dirs = file_dirs(run_dir, command == "run" and o.files or { o.reactor })
+  for i, u in ipairs(units) do
     if _atom.stop_reason() or fail_fast_hit then break end
-    local file_dir = run_dir
-    if #units > 1 then file_dir = run_dir .. "/" .. stem(u.file) end
+    local file_dir = dirs[i]
     local res = _atom.run_file(u.entry, {
       file = u.file, args = o.script_args, seed = seed, run_dir = run_dir, file_dir = file_dir,
       filter = o.filter, grace = o.grace or 10, fail_fast = o["fail-fast"], verbose = o.verbose,
       trace_paths = prepared and prepared.paths, trace_from = prepared and prepared.from,
+      live = live,
     })
     if res.bad_reactor then
       bad_input(res.bad_reactor)
@@ -226,7 +251,8 @@ local function run_command(o, argv, command)
     exit = 2
     reason_text = ("no test matched --filter %q"):format(o.filter)
   elseif scenario_error then
-    exit, reason, reason_text = 3, "scenario-error", "scenario error in " .. tostring(scenario_error_file)
+    -- Not a reason in run_end's sense: a scenario error stops no other file.
+    exit, reason_text = 3, "scenario error in " .. tostring(scenario_error_file)
   elseif total.failed > 0 then
     exit = 1
   end
@@ -235,7 +261,7 @@ local function run_command(o, argv, command)
   local kept = exit ~= 0 or o.keep
   if not kept then remove_tree(run_dir) end
   local summary = { passed = total.passed, failed = total.failed, skipped = total.skipped, exit = exit,
-    reason = reason, reason_text = reason_text, seed = seed, argv = argv, run_dir = kept and run_dir or nil }
+    reason = reason, reason_text = exit ~= 2 and reason_text or nil, seed = seed, argv = argv, run_dir = kept and run_dir or nil }
   events.emit("run_end", { passed = total.passed, failed = total.failed, skipped = total.skipped,
     exit = exit, reason = reason })
   for _, r in ipairs(reporters) do

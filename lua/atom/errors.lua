@@ -5,8 +5,31 @@
 local M = {}
 
 local mt = {}
-mt.__index = mt
 mt.__name = "atom.error"
+
+-- Cancellation errors are made by the scheduler for thousands of tasks at
+-- once; their where/task/traceback are computed on first read from the raw
+-- fields _src, _line and _t (the task), then cached.
+local lazy = {
+  where = function(e)
+    local src, line = rawget(e, "_src"), rawget(e, "_line")
+    return src and (src .. ":" .. line) or nil
+  end,
+  task = function(e)
+    local t = rawget(e, "_t")
+    return t and t.name or nil
+  end,
+  traceback = function(e) return e.where end,
+}
+mt.__index = function(e, k)
+  local f = lazy[k]
+  if f and rawget(e, "_t") ~= nil then
+    local v = f(e)
+    rawset(e, k, v)
+    return v
+  end
+  return nil
+end
 -- `summary` lets an error keep a peer's message verbatim in `message` while
 -- tostring gives more context (rpc errors: URL, method, code and message).
 mt.__tostring = function(e)

@@ -405,12 +405,14 @@ local function exec(spec, fname, n)
   local dir = logs_dir()
   o.tail = EXEC_KEEP
   o.lines = false
+  o.log_shared = true
   local p, c = start(argv, o, fname, name, dir and dir .. "/exec.log", false, true)
-  local desc = format("%s %s", fname, quote_argv(argv))
+  local desc = spec.timeout and format("%s %s", fname, quote_argv(argv))
   local code, sig = c:wait(spec.timeout, desc, true, true, fname)
   local stdout, stderr = c:output()
   local res = { code = code, signal = sig, stdout = stdout, stderr = stderr, duration = now() - t0 }
   if spec.check ~= false and code ~= 0 then
+    desc = desc or format("%s %s", fname, quote_argv(argv))
     local quoted = stderr:gsub("\n$", "")
     local lines = {}
     for l in (quoted .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end

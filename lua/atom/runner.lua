@@ -17,6 +17,15 @@ local failed_names = {}
 M.counts = counts
 M.filter = nil       -- --filter PATTERN (plain substring)
 M.on_test_end = nil  -- called with the test_end event (fail-fast, module mode)
+-- Errors that cancelled failed tests from outside (a scenario-owned critical
+-- process, say), so the scenario ending with the same error is no scenario
+-- error of its own (SPEC §4: exit 1 when a test was running).
+M.failed_causes = setmetatable({}, { __mode = "k" })
+
+-- When the first error of a gather or map is about to cancel the other
+-- children, atom.sched may call this with their name prefix, so a report can
+-- say what each was waiting for (see atom.report.evidence).
+sched.on_unwind = evidence.note_cancelling
 
 --- Log tails of the processes a failed test owned (atom.proc keeps them).
 ---@param task userdata the test's task
@@ -111,6 +120,7 @@ function M.test(name, fn, opts)
     failed_names[#failed_names + 1] = name
     failure_fields(ev, err, t)
     ev._forensics, ev._last_rpc = notes, rpc
+    if type(err) == "table" and err.child_error ~= nil then M.failed_causes[err.child_error] = true end
   end
   events.emit("test_end", ev)
   if M.on_test_end then M.on_test_end(ev) end
@@ -146,24 +156,51 @@ function M.close_luv_handles()
 end
 local close_luv_handles = M.close_luv_handles
 
---- Module mode: run fn(...) as a root task and return its results.
+-- Module mode's run directory (SPEC §2): a fresh temporary directory.
+local function make_temp_dir()
+  local base = (os.getenv("TMPDIR") or "/tmp"):gsub("/+$", "")
+  local dir, err = require("luv").fs_mkdtemp(base .. "/atomlua-run-XXXXXX")
+  if not dir then errors.raise("io", "cannot create a run directory in " .. base .. ": " .. tostring(err)) end
+  return dir
+end
+
+-- The error escaping atom.run, with the kept run directory's path in its
+-- message (an atom error's or a string's; other values cannot carry it).
+local function with_dir(err, dir)
+  local note = "(run directory kept: " .. dir .. ")"
+  if errors.is(err) then
+    err.message = tostring(err.message) .. " " .. note
+    err.run_dir = dir
+  elseif type(err) == "string" then
+    err = err .. " " .. note
+  end
+  return err
+end
+
+--- Module mode: run fn(...) as a root task and return its results. Its run
+--- directory is removed when it returns, kept when an error escapes.
+---@param fn function
+---@return any ... fn's results
 function M.run(fn, ...)
   errors.checktype(1, "run", fn, "function")
   if _atom.in_task_thread() then errors.raise("usage", "atom.run cannot be called inside a task") end
   local before = { passed = counts.passed, failed = counts.failed }
   local first_failed = #failed_names + 1
+  local dir = make_temp_dir()
+  local saved = { state.run_dir, state.file_dir, state._logs_made }
+  state.run_dir, state.file_dir, state._logs_made = dir, dir, false
   local res = table.pack(_atom.run(fn, ...))
+  state.run_dir, state.file_dir, state._logs_made = saved[1], saved[2], saved[3]
   close_luv_handles()
   local ok = res[1]
-  if not ok then
-    local err = res[4]
-    error(err, 0)
-  end
+  if not ok then error(with_dir(res[4], dir), 0) end
   if counts.failed > before.failed then
     local names = {}
     for i = first_failed, #failed_names do names[#names + 1] = failed_names[i] end
-    errors.raise("assert", ("%d test(s) failed: %s"):format(#names, table.concat(names, ", ")))
+    error(with_dir(errors.new("assert", ("%d test(s) failed: %s"):format(#names,
+      table.concat(names, ", "))), dir), 0)
   end
+  _atom.rm_rf(dir)
   return table.unpack(res, 4, res.n)
 end
 

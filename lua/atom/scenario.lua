@@ -6,6 +6,7 @@ local events = require "atom.events"
 local state = require "atom.state"
 local runner = require "atom.runner"
 local errors = require "atom.errors"
+local evidence = require "atom.report.evidence"
 
 local M = {}
 
@@ -13,7 +14,38 @@ local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
 
----@param cfg table {file=, args=, seed=, run_dir=, file_dir=, filter=, grace=, fail_fast=, verbose=}
+-- The live status line (SPEC §1): src/main.c calls M.tick about once a
+-- second while this file runs on a terminal; the console in the control
+-- state draws it. Scenario output must then pass through the console too,
+-- so it can clear the line first: print and io.write are routed there.
+local function start_live()
+  local forward, concat, select, tostring = _atom.forward, table.concat, select, tostring
+  _G.print = function(...)
+    local n, parts = select("#", ...), {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    forward({ type = "_output", text = concat(parts, "\t") .. "\n" })
+  end
+  local write = io.write
+  io.write = function(...)
+    if io.output() ~= io.stdout then return write(...) end
+    local parts = { ... }
+    for i = 1, select("#", ...) do parts[i] = tostring(parts[i]) end
+    forward({ type = "_output", text = concat(parts) })
+    return io.stdout
+  end
+  M.tick = function()
+    local tests = {}
+    for name in pairs(evidence.running) do tests[#tests + 1] = name end
+    table.sort(tests)
+    forward({ type = "_tick", elapsed = _atom.now(), tests = tests, procs = _atom.stats().children })
+  end
+end
+
+--- Called by src/main.c right before --timeout or a signal cancels the
+--- root: note what each running test was waiting for.
+function M.before_stop() evidence.note_waiting(nil) end
+
+---@param cfg table {file=, args=, seed=, run_dir=, file_dir=, filter=, grace=, fail_fast=, verbose=, live=}
 function M.main(cfg)
   local atom = require "atom"
   _G.atom = atom
@@ -22,6 +54,8 @@ function M.main(cfg)
   _atom.set_default_grace(state.grace)
   events.clock = _atom.now
   events.subscribe(_atom.forward)
+  events.subscribe(function(ev) if ev.type == "rpc" then evidence.on_rpc(ev) end end)
+  if cfg.live then start_live() end
   runner.filter = cfg.filter
   atom.args = cfg.args or {}
   atom.dir = dirname(cfg.file)
@@ -35,8 +69,9 @@ function M.main(cfg)
   end
   if cfg.fail_fast then
     runner.on_test_end = function(ev)
-      if ev.status == "failed" then
+      if ev.status == "failed" and not state.fail_fast_hit then
         state.fail_fast_hit = true
+        evidence.note_waiting(nil) -- what the concurrent tests were doing
         _atom.cancel_root("cancelled: stopped by --fail-fast")
       end
     end
@@ -49,10 +84,15 @@ function M.main(cfg)
   local ev = { file = cfg.file, suite = cfg.suite, status = "ok" }
   local stopping = _atom.stop_reason and _atom.stop_reason() or nil
   local scenario_error = false
-  if not ok and exit_code == nil and not (status == "cancelled" and (stopping or state.fail_fast_hit)) then
+  -- A scenario-owned critical process that died while tests ran failed
+  -- those tests; the scenario stopped, but that is no scenario error.
+  local tests_took_it = errors.is(err, "process") and runner.failed_causes[err]
+  if not ok and exit_code == nil and not tests_took_it
+    and not (status == "cancelled" and (stopping or state.fail_fast_hit)) then
     scenario_error = true
     ev.status = "error"
     runner.failure_fields(ev, err, root)
+    ev._forensics = evidence.take_scenario_notes()
   end
   events.emit("scenario_end", ev)
   runner.close_luv_handles()

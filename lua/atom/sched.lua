@@ -64,8 +64,7 @@ function M.gather(...)
   local fns, n, packed = functions("gather", ...)
   checkpoint("gather")
   local g = group()
-  local prefix = task_name() .. "/"
-  for i = 1, n do spawn(g, prefix .. i, 0, nil, fns[i]) end
+  for i = 1, n do spawn(g, nil, 0, nil, fns[i]) end -- named "<caller>/<i>"
   local results = { n = n }
   while true do
     local i, st, v = group_next(g)
@@ -88,8 +87,7 @@ function M.race(...)
   checkpoint("race")
   if n == 0 then argerror(1, "race", "at least one function expected") end
   local g = group()
-  local prefix = task_name() .. "/"
-  for i = 1, n do spawn(g, prefix .. i, 0, nil, fns[i]) end
+  for i = 1, n do spawn(g, nil, 0, nil, fns[i]) end
   local first_err
   while true do
     local i, st, v = group_next(g)
@@ -119,14 +117,13 @@ function M.map(list, fn, opts)
   local n = list.n or #list
   local results = { n = n }
   local g = group()
-  local prefix = task_name() .. "/"
   local started, running = 0, 0
   -- group indexes count spawn order, which is item order here
   while started < n or running > 0 do
     while started < n and running < limit do
       started = started + 1
       running = running + 1
-      spawn(g, prefix .. started, 0, nil, fn, list[started], started)
+      spawn(g, nil, 0, nil, fn, list[started], started)
     end
     local i, st, v = group_next(g)
     running = running - 1

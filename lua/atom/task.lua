@@ -12,14 +12,15 @@ local M = {}
 -- the process module stops the processes the task owns.
 M.owner_end = {}
 
-local getmetatable, xpcall, select, traceback = getmetatable, xpcall, select, debug.traceback
+local getmetatable, xpcall, select, traceback, rawget = getmetatable, xpcall, select, debug.traceback, rawget
 local error_mt = errors.mt
 
 -- Message handler: capture the traceback while the stack is still there,
 -- cheaply for cancellations (they carry their file:line already).
 local function handler(e)
   if getmetatable(e) == error_mt then
-    if e.traceback == nil then e.traceback = traceback(tostring(e), 2) end
+    -- cancellations (_t set) compute theirs lazily, on first read
+    if rawget(e, "traceback") == nil and rawget(e, "_t") == nil then e.traceback = traceback(tostring(e), 2) end
   else
     local x = _atom.extra(true)
     if x then x.traceback = traceback(tostring(e), 2) end
@@ -45,10 +46,9 @@ local function add_cleanup_error(res, e, x)
 end
 
 local function finish(ok, ...)
-  _atom.end_children()                                  -- step 2
-  local x = _atom.extra(false)
+  local x, owner = _atom.end_children()                 -- step 2
   local defers = x and x.defers
-  local owner = _atom.is_owner() and #M.owner_end > 0
+  owner = owner and #M.owner_end > 0
   if not defers and not owner and not (x and x.grace_error) then return ok, ... end
   local res = { n = select("#", ...) + 1, ok, ... }
   x = x or _atom.extra(true)

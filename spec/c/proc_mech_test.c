@@ -187,6 +187,7 @@ static void test_reaper(void) {
     char *argv[] = {"sh", "-c", "sleep 1000 & echo $!; exec sleep 1001", NULL};
     if (run(argv, q[1], &pid, &stage) != 0) _exit(1);
     reaper_add(pid);
+    reaper_flush();
     close(q[1]);
     char line[64] = {0};
     ssize_t k = read(q[0], line, sizeof line - 1);

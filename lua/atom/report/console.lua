@@ -206,7 +206,7 @@ local REASONS = { timeout = "timed out", SIGINT = "interrupted by SIGINT",
 function M:finish(summary)
   local lines = {}
   if summary.run_dir then lines[#lines + 1] = "run directory: " .. tostring(summary.run_dir) end
-  if summary.reason and summary.reason ~= "done" then
+  if summary.reason_text or (summary.reason and summary.reason ~= "done") then
     local text = summary.reason_text or REASONS[summary.reason] or tostring(summary.reason)
     lines[#lines + 1] = self:_paint("red", text)
   end

@@ -53,32 +53,61 @@ local function test_of(task_name, only)
   return best
 end
 
+local function note(key, t, now)
+  local list = notes[key] or {}
+  notes[key] = list
+  if #list < MAX_NOTES then
+    list[#list + 1] = ("%s cancelled while waiting for %s (%.1fs)%s"):format(t.name, t.waiting,
+      now - (t.since or now), t.where and (" at " .. t.where) or "")
+  elseif #list == MAX_NOTES then
+    list[#list + 1] = "… more tasks were cancelled"
+  end
+end
+
+-- Waiting tasks, oldest first, without those that only wait for their own
+-- children (that says nothing the children's notes do not).
+local function waiting_tasks()
+  local out, tasks = {}, _atom.tasks()
+  for i = #tasks, 1, -1 do -- the scheduler lists the newest first
+    local w = tasks[i].waiting
+    if w and w ~= "children" then out[#out + 1] = tasks[i] end
+  end
+  return out
+end
+
 --- Note what every waiting task of test `only` (or of every running test)
 --- waits for, right before a cancellation reaches them: afterwards the
---- waits are gone. `why` is the cancellation's reason, for the reader.
+--- waits are gone.
 ---@param only string|nil a test name; nil for all running tests
 function M.note_waiting(only)
   if not only and next(running) == nil then return end
   local now = _atom.now()
-  local tasks = _atom.tasks()
-  for i = #tasks, 1, -1 do -- newest first in the list: report in start order
-    local t = tasks[i]
-    local w = t.waiting
-    -- "children": a task waiting for its own children says nothing more.
-    if w and w ~= "children" and w ~= "wait" then
-      local test = test_of(t.name, only)
-      if test then
-        local list = notes[test] or {}
-        notes[test] = list
-        if #list < MAX_NOTES then
-          list[#list + 1] = ("%s cancelled while waiting for %s (%.1fs)%s"):format(t.name, w,
-            now - (t.since or now), t.where and (" at " .. t.where) or "")
-        elseif #list == MAX_NOTES then
-          list[#list + 1] = "… more tasks were cancelled"
-        end
-      end
-    end
+  for _, t in ipairs(waiting_tasks()) do
+    local test = test_of(t.name, only)
+    if test then note(test, t, now) end
   end
+end
+
+--- The same for the tasks whose names start with `prefix` (the children of
+--- a gather or map whose first error is about to cancel them), noted for
+--- the test the caller runs in, or for the scenario outside tests.
+---@param prefix string e.g. "t/" for the children of task "t"
+function M.note_cancelling(prefix)
+  local key = _atom.in_test() or M.SCENARIO
+  local now = _atom.now()
+  for _, t in ipairs(waiting_tasks()) do
+    if t.name:sub(1, #prefix) == prefix then note(key, t, now) end
+  end
+end
+
+--- Key of the notes taken outside tests (reported with a scenario error).
+M.SCENARIO = "\0scenario"
+
+--- Take the notes taken outside tests.
+function M.take_scenario_notes()
+  local n = notes[M.SCENARIO]
+  notes[M.SCENARIO] = nil
+  return n
 end
 
 --- Record an `rpc` event as the last exchange of the test it ran in. The

@@ -1,0 +1,428 @@
+-- atom.cluster: SPEC §7 — N nodes on free ports with their own directories,
+-- started together, and faults injected on purpose (kill, pause, restart).
+-- Policy only, over atom.spawn and the scheduler's public calls: process
+-- groups, reaping, owners and the no-orphans promise are atom.proc's.
+local _atom = require "_atom"
+local errors = require "atom.errors"
+local sched = require "atom.sched"
+local sync = require "atom.sync"
+local proc = require "atom.proc"
+local state = require "atom.state"
+
+local M = {}
+
+local format, concat = string.format, table.concat
+local checkpoint, now = _atom.checkpoint, _atom.now
+local argerror, checktype = errors.argerror, errors.checktype
+
+local READY_TIMEOUT = 30
+local TAIL_LINES = 20
+
+local Cluster = {}
+local mt = { __name = "atom.cluster", __index = Cluster }
+
+-- {==== helpers ====
+
+local function check_self(self, fname)
+  if getmetatable(self) ~= mt then
+    errors.raise("usage", format("bad argument #0 to '%s' (cluster expected; use c:%s)", fname, fname))
+  end
+end
+
+-- A number is the timeout; a table may carry `timeout`.
+local function opt_timeout(opts, n, fname, default)
+  if opts == nil then return default end
+  if type(opts) == "number" then
+    if not (opts >= 0) then argerror(n, fname, "timeout must not be negative") end
+    return opts
+  end
+  if type(opts) ~= "table" then argerror(n, fname, "number or table expected, got " .. type(opts)) end
+  local t = opts.timeout
+  if t ~= nil and (type(t) ~= "number" or not (t >= 0)) then
+    argerror(n, fname, "field 'timeout' must be a non-negative number")
+  end
+  if t == nil then return default end
+  return t
+end
+
+-- Node i (an index, or a node of this cluster) for argument n of fname.
+local function node_arg(self, i, n, fname)
+  if type(i) == "table" then
+    for _, node in ipairs(self.nodes) do if node == i then return node end end
+    argerror(n, fname, "node of this cluster expected")
+  end
+  if math.type(i) ~= "integer" then
+    argerror(n, fname, "node index expected, got " .. (i == nil and "no value" or math.type(i) or type(i)))
+  end
+  local node = self.nodes[i]
+  if not node then argerror(n, fname, format("node index out of range (1..%d)", #self.nodes)) end
+  return node
+end
+
+-- "last 20 lines of etcd2: | ..." and the log's path, as process errors quote
+-- them. Reads proc.lua's C handle (p._c): the cluster is part of the runtime.
+local function tail_block(p)
+  local lines = p._c:tail(TAIL_LINES)
+  local out = { #lines == 0 and ("(no output from " .. p.name .. ")")
+    or format("last %d lines of %s:", #lines, p.name) }
+  for _, l in ipairs(lines) do out[#out + 1] = "  | " .. l end
+  if p._log then out[#out + 1] = "full log: " .. p._log end
+  return concat(out, "\n")
+end
+
+local function status_text(code, sig)
+  if code then return "code " .. code end
+  return "signal " .. tostring(sig)
+end
+
+-- Wrap a node's failure so it names the cluster and the node; user errors
+-- (raised by cmd or ready) and cancellations pass through unchanged.
+local function node_failure(c, node, e, verb)
+  if not errors.is(e) or e.kind == "cancelled" or e.kind == "usage" or e.node then return e end
+  return errors.new(e.kind, format("cluster %s: node %s failed to %s: %s", c.name, node.name, verb, e.message),
+    { node = node.name, cause = e, where = e.where })
+end
+
+local function exited_error(node, p, when)
+  local _, code, sig = p._c:status()
+  return errors.new("process", format("node %s (pid %d) exited with %s %s\n%s", node.name, p.pid,
+    status_text(code, sig), when, tail_block(p)), { node = node.name, code = code, signal = sig })
+end
+
+-- }====
+
+-- {==== spawning for the owner ====
+-- SPEC §4: a cluster's processes belong to the owner at c:start(), also when
+-- c:restart(i) runs in another test. A process belongs to the owner of the
+-- task that spawns it, so restarts are spawned by a helper task started by
+-- c:start() (a descendant of that owner). With proc.spawn_as (a hook that
+-- takes the owner explicitly; see docs/clusters.md) no helper is needed.
+
+local function helper_loop(c, h)
+  sched.name("cluster " .. c.name)
+  -- Requests still queued when the helper ends fall back to their callers.
+  sched.defer(function()
+    h.ch:close()
+    for _, req in ipairs(h.pending) do req.done:set() end
+  end)
+  for req in h.ch:iter() do
+    table.remove(h.pending, 1)
+    req.ok, req.p = pcall(proc.spawn, req.spec)
+    if req.ok then req.node.proc = req.p end -- also when the caller was cancelled meanwhile
+    req.served = true
+    req.done:set()
+  end
+end
+
+local function spawn_for_owner(c, node, spec)
+  if c._owner and proc.spawn_as then
+    node.proc = proc.spawn_as(c._owner, spec)
+    return
+  end
+  local h = c._helper
+  if h and h.task:status() == "running" then
+    local req = { node = node, spec = spec, done = sync.event() }
+    h.pending[#h.pending + 1] = req
+    h.ch:send(req)
+    req.done:wait()
+    if req.served then
+      if not req.ok then error(req.p, 0) end
+      return
+    end
+  end
+  node.proc = proc.spawn(spec) -- no helper left: the current owner gets it
+end
+
+local function start_owner(c)
+  if proc.spawn_as and _atom.owner then
+    c._owner = _atom.owner()
+    return
+  end
+  local h = { ch = sync.channel(math.huge), pending = {} }
+  h.task = sched.go(helper_loop, c, h)
+  c._helper = h
+end
+
+local function stop_owner(c)
+  if c._helper then c._helper.task:cancel() end
+  c._helper, c._owner = nil, nil
+end
+
+-- }====
+
+-- {==== starting one node ====
+
+-- The spawn spec for node: cmd's table plus the cluster's fields (SPEC §7).
+-- critical stays off until the node is ready: an exit while starting is the
+-- start's error, raised to its caller, not the owner's failure.
+local function node_spec(c, node)
+  local got = c._cmd(node, c)
+  if type(got) ~= "table" then
+    errors.raise("usage", format("cluster %s: cmd must return a spawn spec (a table) for node %s, got %s",
+      c.name, node.name, type(got)))
+  end
+  local spec = {}
+  for k, v in pairs(got) do spec[k] = v end
+  spec.name, spec.critical = node.name, false
+  spec.cwd = got.cwd or c._cwd or node.dir
+  if c._env or got.env then
+    local env = {}
+    for k, v in pairs(c._env or {}) do env[k] = v end
+    for k, v in pairs(got.env or {}) do env[k] = v end
+    spec.env = env
+  end
+  return spec
+end
+
+-- Wait until node is ready, failing at once when its process exits.
+local function wait_ready(c, node, timeout)
+  local p, ready = node.proc, c._ready
+  if type(ready) == "string" then
+    p:expect(ready, timeout)
+  elseif ready then
+    local exited = false
+    local ok, e = pcall(sched.wait_until, function()
+      if not p:is_running() then exited = true; return true end
+      return ready(node, c)
+    end, timeout)
+    if not ok then
+      if errors.is(e, "timeout") then
+        errors.raise("timeout", format("%s not ready: %s\n%s", node.name, e.message, tail_block(p)),
+          { last_error = e.last_error, last_value = e.last_value })
+      end
+      error(e, 0)
+    end
+    if exited then error(exited_error(node, p, "before it was ready"), 0) end
+  end
+end
+
+-- Spawn node (for the owner when `for_owner`) and wait until it is ready.
+local function start_node(c, node, timeout, for_owner)
+  local spec = node_spec(c, node)
+  node._state = "starting"
+  if for_owner then spawn_for_owner(c, node, spec) else node.proc = proc.spawn(spec) end
+  wait_ready(c, node, timeout)
+end
+
+local function arm(node)
+  node._state = "up"
+  node.proc.critical = true
+end
+
+-- Stop every node at once (p:stop() sends SIGCONT too, so paused nodes go).
+local function stop_all(c)
+  local fns = {}
+  for _, node in ipairs(c.nodes) do
+    local p = node.proc
+    node._state = "down"
+    if p then fns[#fns + 1] = function() p:stop() end end
+  end
+  sched.gather(fns)
+  stop_owner(c)
+end
+
+-- }====
+
+-- {==== the cluster's methods ====
+
+--- Spawn every node at once and wait until all are ready. One node failing
+--- stops the others and raises an error naming it and quoting its log tail.
+---@param opts number|{timeout: number?}|nil readiness timeout (default: ready_timeout)
+function Cluster:start(opts)
+  check_self(self, "start")
+  local timeout = opt_timeout(opts, 1, "start", self._ready_timeout)
+  checkpoint("c:start")
+  for _, node in ipairs(self.nodes) do
+    if node.proc and node.proc:is_running() then
+      errors.raise("usage", format("cluster %s is running (node %s); c:stop() it first", self.name, node.name))
+    end
+  end
+  start_owner(self)
+  local all, up = sync.event(), 0
+  local fns = {}
+  for i, node in ipairs(self.nodes) do
+    fns[i] = function()
+      local ok, e = pcall(start_node, self, node, timeout, false)
+      if not ok then error(node_failure(self, node, e, "start"), 0) end
+      up = up + 1
+      if up == #self.nodes then all:set() end
+      -- Still part of the start: an exit before the others are ready fails it.
+      if sched.race(function() all:wait() end, function() node.proc:wait() end) == 2 then
+        error(node_failure(self, node, exited_error(node, node.proc, "while the cluster started"), "start"), 0)
+      end
+    end
+  end
+  local ok, e = pcall(sched.gather, fns)
+  if not ok then
+    sched.shield(stop_all, self)
+    error(e, 0)
+  end
+  for _, node in ipairs(self.nodes) do arm(node) end
+end
+
+--- Stop all nodes at once, each with its grace; paused nodes are resumed.
+function Cluster:stop()
+  check_self(self, "stop")
+  stop_all(self)
+end
+
+-- <close>: c:stop(), shielded so it may wait while the task is cancelled
+-- (SPEC §3 rule 4: the close of atom's own objects is a cleanup).
+mt.__close = function(self) sched.shield(stop_all, self) end
+mt.__tostring = function(self) return format("cluster %s (%d nodes)", self.name, #self.nodes) end
+
+--- Signal node i's group and return once the node has exited.
+---@param i integer|table node index or node
+---@param sig string|integer|nil "TERM" (default), "KILL" for a crash, ...
+---@param opts number|{timeout: number?}|nil no timeout by default
+---@return integer|nil code, string|nil signal
+function Cluster:kill(i, sig, opts)
+  check_self(self, "kill")
+  local node = node_arg(self, i, 1, "kill")
+  if sig ~= nil and type(sig) ~= "string" and math.type(sig) ~= "integer" then
+    argerror(2, "kill", "string or integer expected, got " .. type(sig))
+  end
+  local num = _atom.proc_signum(sig or "TERM")
+  if not num then argerror(2, "kill", format("unknown signal '%s'", tostring(sig))) end
+  local timeout = opt_timeout(opts, 3, "kill", nil)
+  checkpoint("c:kill")
+  local p = node.proc
+  if not p then errors.raise("usage", format("c:kill: node %s was never started", node.name)) end
+  local paused = node._state == "paused"
+  node._state = "down"
+  p:kill(num)                      -- disarms critical
+  if paused then p:resume() end    -- a stopped process must run to act on the signal
+  return p:wait(timeout)
+end
+
+--- Stop node i if it runs, spawn it again with the same ports, directory and
+--- log, and wait until it is ready.
+---@param i integer|table node index or node
+---@param opts number|{timeout: number?}|nil readiness timeout (default: ready_timeout)
+function Cluster:restart(i, opts)
+  check_self(self, "restart")
+  local node = node_arg(self, i, 1, "restart")
+  local timeout = opt_timeout(opts, 2, "restart", self._ready_timeout)
+  checkpoint("c:restart")
+  node._state = "down"
+  if node.proc then node.proc:stop() end
+  local ok, e = pcall(start_node, self, node, timeout, true)
+  if not ok then
+    node._state = "down"
+    local p = node.proc
+    if p and p:is_running() then sched.shield(p.stop, p) end
+    error(node_failure(self, node, e, "restart"), 0)
+  end
+  arm(node)
+end
+
+local function running_node(self, i, fname)
+  local node = node_arg(self, i, 1, fname)
+  if not (node.proc and node.proc:is_running()) then
+    errors.raise("usage", format("c:%s: node %s is not running", fname, node.name))
+  end
+  return node
+end
+
+--- SIGSTOP to node i's group; the node is not critical until c:resume(i).
+---@param i integer|table node index or node
+function Cluster:pause(i)
+  check_self(self, "pause")
+  local node = running_node(self, i, "pause")
+  node.proc.critical = false
+  node._state = "paused"
+  node.proc:pause()
+end
+
+--- SIGCONT to node i's group; a node paused by c:pause is critical again.
+---@param i integer|table node index or node
+function Cluster:resume(i)
+  check_self(self, "resume")
+  local node = running_node(self, i, "resume")
+  node.proc:resume()
+  if node._state == "paused" then arm(node) end
+end
+
+-- }====
+
+-- {==== atom.cluster ====
+
+local fields = {
+  size = "number", name = "string", ports = "table", cmd = "function", ready = "string|function",
+  ready_timeout = "number", env = "table", cwd = "string",
+}
+
+local used_dirs = {} -- node directories handed out in this Lua state
+
+local function check_opts(o)
+  if type(o) ~= "table" then argerror(1, "cluster", "table expected, got " .. (o == nil and "no value" or type(o))) end
+  for k, v in pairs(o) do
+    local want = type(k) == "string" and fields[k]
+    if not want then argerror(1, "cluster", format("unknown field '%s'", tostring(k))) end
+    if not want:find(type(v), 1, true) then
+      argerror(1, "cluster", format("field '%s' must be a %s, got %s", k, want:gsub("|", " or "), type(v)))
+    end
+  end
+  if math.type(o.size) ~= "integer" or o.size < 1 then argerror(1, "cluster", "field 'size' must be an integer >= 1") end
+  if not o.cmd then argerror(1, "cluster", "field 'cmd' (a function returning a spawn spec) is required") end
+  if o.name and not o.name:find("^[%w._-]+$") then argerror(1, "cluster", "field 'name' must match [A-Za-z0-9._-]+") end
+  if o.ready_timeout and not (o.ready_timeout >= 0) then argerror(1, "cluster", "field 'ready_timeout' must not be negative") end
+  if type(o.ready) == "string" then
+    local ok, msg = pcall(string.find, "", o.ready)
+    if not ok then argerror(1, "cluster", "field 'ready': " .. tostring(msg):gsub("^.-:%d+: ", "")) end
+  end
+  local seen = {}
+  for i, pn in ipairs(o.ports or {}) do
+    if type(pn) ~= "string" or seen[pn] then argerror(1, "cluster", format("ports[%d] must be a new port name", i)) end
+    seen[pn] = true
+  end
+  for k, v in pairs(o.env or {}) do
+    if type(k) ~= "string" or not (type(v) == "string" or type(v) == "number" or v == false) then
+      argerror(1, "cluster", format("env.%s must be a string, a number or false", tostring(k)))
+    end
+  end
+end
+
+-- A fresh directory for node `name` under <file_dir>/nodes/.
+local function node_dir(name)
+  local base = state.file_dir or state.run_dir
+  if not base then errors.raise("usage", "atom.cluster needs a run (a scenario file or atom.run)") end
+  local dir, k = base .. "/nodes/" .. name, 1
+  while used_dirs[dir] do
+    k = k + 1
+    dir = format("%s/nodes/%s-%d", base, name, k)
+  end
+  used_dirs[dir] = true
+  _atom.mkdir_p(dir)
+  return dir
+end
+
+---@class atom.cluster_node
+---@field id integer 1..size
+---@field name string `<name><id>`
+---@field ports table<string, integer> one free port per name in `ports`
+---@field dir string the node's own directory in the run directory
+---@field proc table|nil its process, once started
+
+--- Make a cluster (nothing starts yet): ports and directories are assigned
+--- now, so `cmd` can read every node's ports.
+---@param opts {size: integer, name: string?, ports: string[]?, cmd: fun(node: atom.cluster_node, c: table): table, ready: (string|fun(node: atom.cluster_node, c: table): any)?, ready_timeout: number?, env: table?, cwd: string?}
+---@return table cluster with c.nodes, c.name, c.size
+function M.cluster(opts)
+  check_opts(opts)
+  local free_port = require("atom.tcp").free_port
+  local c = setmetatable({ name = opts.name or "node", size = opts.size, nodes = {},
+    _cmd = opts.cmd, _ready = opts.ready, _ready_timeout = opts.ready_timeout or READY_TIMEOUT,
+    _env = opts.env, _cwd = opts.cwd }, mt)
+  for id = 1, opts.size do
+    local name = c.name .. id
+    local ports = {}
+    for _, pn in ipairs(opts.ports or {}) do ports[pn] = free_port() end
+    c.nodes[id] = { id = id, name = name, ports = ports, dir = node_dir(name), _state = "new" }
+  end
+  return c
+end
+
+-- }====
+
+return M
