@@ -207,6 +207,21 @@ describe("console reporter", function()
     assert.equal("run directory: r/x", lines[n - 3])
   end)
 
+  it("prints the reason text of a run that went on to the end (a scenario error)", function()
+    local lines = run({}, {}, { passed = 0, failed = 0, skipped = 0, reason = "done",
+      reason_text = "scenario error in a.lua", seed = 1, argv = { "run", "a.lua" } }):lines()
+    assert.equal("scenario error in a.lua", lines[#lines - 2])
+  end)
+
+  it("shows traceback frames only, not the message debug.traceback starts with", function()
+    local common = require("atom.report.common")
+    assert.same({ "s.lua:3: in function <s.lua:1>" },
+      common.script_frames("s.lua:3: boom\nsecond line\nstack traceback:\n\t[C]: in ?\n"
+        .. "\tlua/atom/task.lua:9: in function <lua/atom/task.lua:8>\n\ts.lua:3: in function <s.lua:1>"))
+    -- a cancellation's cheap traceback is only its position: no frame
+    assert.same({}, common.script_frames("s.lua:7"))
+  end)
+
   it("omits skipped from the closing line when none were, and the reason when done", function()
     local lines = run({}, {}, { passed = 3, failed = 0, skipped = 0, reason = "done", seed = 1,
       argv = { "run", "a.lua" } }):lines()

@@ -63,6 +63,7 @@ struct wait {
   void (*cancel)(struct wait *w);  /* undo the armed operation; never wakes; may be NULL */
   const char *what;                /* static label for messages ("sleep", "ev:wait()") */
   bool blocks;                     /* true: only another task can end it (deadlock candidate) */
+  bool uninterruptible;            /* waits for children: cancellation goes to them instead */
 };
 
 /* The task running in L, or NULL (main thread, luv callback, plain coroutine). */

@@ -87,7 +87,9 @@ static void in_close_cb(uv_handle_t *h) {
   maybe_release(p);
 }
 
-/* The reaper hears of new and gone groups once per loop iteration. */
+/* The reaper hears of new groups at the next loop iteration (the process
+ * keeps the loop alive until then); gone groups ride along, or go out when
+ * an owner has stopped its processes. */
 static void reaper_cb(struct timer *tm) {
   (void)tm;
   reaper_flush();
@@ -586,8 +588,7 @@ static void maybe_release(struct proc *p) {
   outbuf_flush(&p->ob);
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
   p->ob.logfd = -1;
-  reaper_remove(p->pid);
-  if (reaper_pending()) reaper_soon();
+  reaper_remove(p->pid); /* sent with the next add or at the owner's end */
   proc_owner_unlink(p);
   if (p->gprev)
     p->gprev->gnext = p->gnext;

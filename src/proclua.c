@@ -482,6 +482,7 @@ void proc_ownstop_done(struct proc *p) {
   if (--os->pending > 0) return;
   free(os->procs);
   os->procs = NULL;
+  reaper_flush();
   sched_wake(&os->w, 0);
 }
 
@@ -494,7 +495,10 @@ static int l_stop_owned(lua_State *L) {
   struct proc **head = (struct proc **)sched_task_procs(t);
   int n = 0;
   for (struct proc *p = *head; p; p = p->onext) n++;
-  if (n == 0) return 0;
+  if (n == 0) {
+    reaper_flush(); /* the groups of released processes */
+    return 0;
+  }
   struct ownstop *os = sched_wait_alloc(L, t, sizeof *os);
   os->procs = calloc((size_t)n, sizeof *os->procs);
   if (!os->procs) return luaL_error(L, "out of memory");
@@ -512,6 +516,7 @@ static int l_stop_owned(lua_State *L) {
   if (os->pending == 0) {
     free(os->procs);
     os->procs = NULL;
+    reaper_flush();
     return 0;
   }
   os->w.what = "stopping processes";
@@ -559,6 +564,7 @@ static int l_anchor_gc(lua_State *L) {
     proc_abandon(p);
   }
   shared_log_close();
+  reaper_flush();
   proc_L = NULL;
   return 0;
 }

@@ -191,6 +191,7 @@ void reaper_remove(pid_t pgid) {
           return;
         }
       queue(-pgid);
+      if (npending >= 256) reaper_flush();
       return;
     }
 }

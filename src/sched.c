@@ -50,7 +50,7 @@ struct task {
   struct task *all_prev, *all_next; /* every unfinished task */
   struct task *ready_next;
   bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
-  bool wake_error, has_override;
+  bool wake_error, has_override, awaiting_children;
   int wake_nres;            /* values queued for the next resume */
   int resumed_nres;         /* values the current resume brought (for continuations) */
   struct wait *wait;
@@ -59,6 +59,7 @@ struct task {
   double deadline_secs, grace_secs;
   bool grace_abandon_phase;
   struct group *group;      /* structured wait this task belongs to */
+  struct group *waiting_group; /* the group whose members it awaits in group_next */
   struct task *group_next;  /* in the group's finished list */
   int group_index;          /* 1-based spawn order within the group */
   int park_seq;             /* token of the current park, for stale unparks */
@@ -259,7 +260,7 @@ static void wake_with_error_on_co(struct task *t) { /* error value on top of t->
   enqueue(t);
 }
 
-static bool wait_uninterruptible(struct task *t) { return t->wait && !t->wait->blocks && t->wait->what && t->wait->what[0] == '!'; }
+static bool wait_uninterruptible(struct task *t) { return t->wait && t->wait->uninterruptible; }
 
 /* Deliver a pending cancellation to a suspended task now. */
 static void interrupt(struct task *t) {
@@ -273,6 +274,15 @@ static void interrupt(struct task *t) {
 /* }==== */
 
 /* {==== waits ==== */
+
+/* The task's built-in wait record, reset for a new wait. */
+static struct wait *own_wait(struct task *t, const char *what, bool uninterruptible) {
+  struct wait *w = &t->own_wait;
+  memset(w, 0, sizeof *w);
+  w->what = what;
+  w->uninterruptible = uninterruptible;
+  return w;
+}
 
 struct task *sched_enter(lua_State *L, const char *fname) {
   struct task *t = sched_current(L);
@@ -314,7 +324,7 @@ static void push_desc(lua_State *L, struct task *t) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     const char *what = t->wait && t->wait->what ? t->wait->what : "wait";
-    lua_pushstring(L, what[0] == '!' ? what + 1 : what);
+    lua_pushstring(L, what);
   }
 }
 
@@ -618,9 +628,7 @@ static void settle(struct task *t, int nres, bool ok) {
       lua_pop(S.L, 1);
     }
   }
-  if (parent && parent->wait && parent->wait->what && strcmp(parent->wait->what, "!children") == 0 &&
-      !parent->child_head)
-    sched_wake(parent->wait, 0);
+  if (parent && parent->awaiting_children && parent->wait && !parent->child_head) sched_wake(parent->wait, 0);
   int ref = t->ref;
   util_unref(S.L, &ref);
   t->ref = LUA_NOREF;
@@ -1007,11 +1015,15 @@ static int l_group(lua_State *L) {
   return 1;
 }
 
-static void group_wait_cancel(struct wait *w) {
-  (void)w; /* the group's waiting pointer is cleared below */
-}
-
 static int group_next_k(lua_State *L, int status, lua_KContext ctx);
+
+/* The owner stopped waiting without a member's end (hard cancel, abandon):
+ * the group must not wake whatever the task waits for next. */
+static void group_wait_cancel(struct wait *w) {
+  struct task *t = container_of(w, struct task, own_wait);
+  if (t->waiting_group && t->waiting_group->waiting == w) t->waiting_group->waiting = NULL;
+  t->waiting_group = NULL;
+}
 
 static int group_pop(lua_State *L, struct group *g) {
   struct task *t = g->done_head;
@@ -1042,17 +1054,11 @@ static int l_group_next(lua_State *L) {
   if (n || g->running == 0) return n;
   struct task *me = sched_current(L);
   if (!me) return util_error(L, "usage", "internal: group_next outside a task");
-  struct wait *w = &me->own_wait;
-  memset(w, 0, sizeof *w);
+  struct wait *w = own_wait(me, "children", true);
   w->cancel = group_wait_cancel;
-  w->what = "!children";
   g->waiting = w;
-  w->task = me;
-  me->wait = w;
-  me->wait_since = util_now();
-  lua_pushnil(L);
-  set_uv_top(L, me, UV_DESC);
-  return lua_yieldk(L, 0, 0, group_next_k);
+  me->waiting_group = g;
+  return wait_with_k(L, w, -1, 0, group_next_k);
 }
 
 static int group_next_k(lua_State *L, int status, lua_KContext ctx) {
@@ -1102,17 +1108,9 @@ static int l_sleep(lua_State *L) {
   lua_Number secs = util_checknumber(L, 1, "sleep");
   if (!(secs >= 0)) util_argerror(L, 1, "sleep", "non-negative number expected");
   struct task *t = sched_enter(L, "sleep");
-  struct wait *w = &t->own_wait;
-  memset(w, 0, sizeof *w);
-  w->what = "sleep";
-  w->task = t;
-  t->wait = w;
-  t->wait_since = util_now();
   t->wait_timeout = secs;
-  lua_pushnil(L);
-  set_uv_top(L, t, UV_DESC);
-  timer_start(&t->wait_timer, secs, sleep_cb);
-  return lua_yieldk(L, 0, 0, wait_k);
+  timer_start(&t->wait_timer, secs, sleep_cb); /* the wake-up itself, not a timeout */
+  return wait_with_k(L, own_wait(t, "sleep", false), -1, 0, wait_k);
 }
 
 static int l_now(lua_State *L) {
@@ -1202,6 +1200,7 @@ static int push_end_info(lua_State *L, struct task *t) {
 static int end_children_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
+  S.current->awaiting_children = false;
   return push_end_info(L, S.current);
 }
 
@@ -1217,15 +1216,8 @@ static int l_end_children(lua_State *L) {
     if (!c->joiners) cancel_tree(L, c, reason, true);
   lua_pop(L, 1);
   if (!t->child_head) return push_end_info(L, t);
-  struct wait *w = &t->own_wait;
-  memset(w, 0, sizeof *w);
-  w->what = "!children";
-  w->task = t;
-  t->wait = w;
-  t->wait_since = util_now();
-  lua_pushnil(L);
-  set_uv_top(L, t, UV_DESC);
-  return lua_yieldk(L, 0, 0, end_children_k);
+  t->awaiting_children = true;
+  return wait_with_k(L, own_wait(t, "children", true), -1, 0, end_children_k);
 }
 
 /* Trampoline step 3: cleanups run shielded; the grace starts now unless the
@@ -1282,14 +1274,11 @@ static int l_park(lua_State *L) {
   bool blocks = lua_toboolean(L, 4);
   struct task *t = sched_enter(L, fname);
   t->park_seq++;
-  struct wait *w = &t->own_wait;
-  memset(w, 0, sizeof *w);
-  w->what = NULL;
+  struct wait *w = own_wait(t, "park", false);
   w->blocks = blocks;
   lua_pushstring(L, what);
   lua_replace(L, 2);
   lua_settop(L, 2);
-  w->what = "park";
   return sched_wait(L, w, timeout, 2);
 }
 

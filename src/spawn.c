@@ -31,7 +31,9 @@ static int check_exec(const char *path) {
   if (stat(path, &st) < 0) return -errno;
   if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) return -EACCES;
   /* For root any x bit will do, which stat told already: spare a syscall. */
-  if (geteuid() != 0 && access(path, X_OK) < 0) return -errno;
+  static int euid = -1;
+  if (euid < 0) euid = (int)geteuid();
+  if (euid != 0 && access(path, X_OK) < 0) return -errno;
   return 0;
 }
 

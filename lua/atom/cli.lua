@@ -142,7 +142,7 @@ local function make_reporters(o)
     if ty == "_output" then return con:write_user(ev.text) end
     for _, r in ipairs(list) do r:on_event(ev) end
   end
-  _atom.set_forward(emit)
+  _atom.set_forward(emit, o.events ~= nil) -- every event type only for --events
   events.clock = _atom.now
   events.subscribe(emit)
   return list, color
@@ -261,7 +261,8 @@ local function run_command(o, argv, command)
   local kept = exit ~= 0 or o.keep
   if not kept then remove_tree(run_dir) end
   local summary = { passed = total.passed, failed = total.failed, skipped = total.skipped, exit = exit,
-    reason = reason, reason_text = exit ~= 2 and reason_text or nil, seed = seed, argv = argv, run_dir = kept and run_dir or nil }
+    reason = reason, reason_text = exit ~= 2 and reason_text or nil, seed = seed, argv = argv,
+    run_dir = kept and run_dir or nil }
   events.emit("run_end", { passed = total.passed, failed = total.failed, skipped = total.skipped,
     exit = exit, reason = reason })
   for _, r in ipairs(reporters) do

@@ -26,7 +26,7 @@ local function start_live()
     forward({ type = "_output", text = concat(parts, "\t") .. "\n" })
   end
   local write = io.write
-  io.write = function(...)
+  io.write = function(...) -- luacheck: ignore 122
     if io.output() ~= io.stdout then return write(...) end
     local parts = { ... }
     for i = 1, select("#", ...) do parts[i] = tostring(parts[i]) end
@@ -53,7 +53,15 @@ function M.main(cfg)
   state.verbose, state.grace, state.suite = cfg.verbose or 0, cfg.grace or 10, cfg.suite
   _atom.set_default_grace(state.grace)
   events.clock = _atom.now
-  events.subscribe(_atom.forward)
+  if events.wanted then
+    -- Without --events the control state wants only the runner's events;
+    -- rpc events are still needed here, for a failed test's last RPC.
+    events.wanted.rpc = true
+    local forward = _atom.forward
+    events.subscribe(function(ev) if ev.type ~= "rpc" then forward(ev) end end)
+  else
+    events.subscribe(_atom.forward)
+  end
   events.subscribe(function(ev) if ev.type == "rpc" then evidence.on_rpc(ev) end end)
   if cfg.live then start_live() end
   runner.filter = cfg.filter
@@ -62,7 +70,7 @@ function M.main(cfg)
   package.path = atom.dir .. "/?.lua;" .. atom.dir .. "/?/init.lua;" .. package.path
   math.randomseed(cfg.seed)
   local exit_code
-  os.exit = function(code)
+  os.exit = function(code) -- luacheck: ignore 122
     exit_code = math.type(code) == "integer" and code or (code == true and 0) or (code == false and 1) or 3
     _atom.cancel_root(("cancelled: os.exit(%s)"):format(tostring(code)))
     _atom.checkpoint("os.exit")

@@ -127,9 +127,11 @@ describe("JUnit report", function()
     assert.same({ tests = "6", failures = "3", errors = "1", skipped = "1" },
       { tests = mix.tests, failures = mix.failures, errors = mix.errors, skipped = mix.skipped })
     -- assert and user errors are <failure>, a timeout is <error>
-    assert.matches('<testcase name="assert fails"[^>]*>%s*<failure message="at %.a: expected 2, got 1" type="assert">', xml)
+    assert.matches('<testcase name="assert fails"[^>]*>%s*'
+      .. '<failure message="at %.a: expected 2, got 1" type="assert">', xml)
     assert.matches('<testcase name="user error &lt;&amp;&gt;"[^>]*>%s*<failure ', xml)
-    assert.matches('<testcase name="times out"[^>]*>%s*<error message="test &quot;times out&quot; timed out after 0%.2s" type="timeout">', xml)
+    assert.matches('<testcase name="times out"[^>]*>%s*'
+      .. '<error message="test &quot;times out&quot; timed out after 0%.2s" type="timeout">', xml)
     assert.matches('<skipped message="waiting for &lt;upstream&gt; &amp; co"/>', xml)
     -- the failed test's process tail is in its system-out, escaped
     local out = xml:match('<testcase name="noisy process".-<system%-out>(.-)</system%-out>')
@@ -292,6 +294,13 @@ describe("failure forensics", function()
     assert.matches("<system%-out>note: stuck cluster/1 cancelled while waiting", slurp(junit))
   end)
 
+  it("a failed test's report shows its last RPC call", function()
+    local r = run({ "run", FIX .. "last_rpc.lua" })
+    assert.equals(1, r.code, r.out .. r.err)
+    assert.matches("expected 5, got 4\n.-\n  last RPC request: add at http://127%.0%.0%.1:%d+/rpc\n"
+      .. "  last RPC response: ok %(", r.out)
+  end)
+
   -- Needs atom.sched to call sched.on_unwind before a gather's first error
   -- cancels the other children (a one-line hook in lua/atom/sched.lua).
   local hooked = (slurp("lua/atom/sched.lua") or ""):find("on_unwind", 1, true)
@@ -356,7 +365,8 @@ describe("run directory", function()
     local runs = entries(work .. "/runs")
     assert.equals(1, #runs)
     local stem = a:match("([^/]+)%.lua$")
-    assert.matches("^%d%d%d%d%d%d%d%d%-%d%d%d%d%d%d%-" .. plain(stem) .. "%-[a-z0-9][a-z0-9][a-z0-9][a-z0-9][a-z0-9][a-z0-9]$", runs[1])
+    assert.matches("^%d%d%d%d%d%d%d%d%-%d%d%d%d%d%d%-" .. plain(stem) .. "%-" .. ("[a-z0-9]"):rep(6) .. "$",
+      runs[1])
     local dir = work .. "/runs/" .. runs[1]
     assert.matches("\nrun directory: " .. plain(dir) .. "\n", r.out)
     local base_a, base_b = a:match("([^/]+)$"), b:match("([^/]+)$")

@@ -46,7 +46,7 @@ end
 ---@param where string|nil "file:line" the runner attributed it to
 ---@param task string|nil the task it ended
 function M.public_error(raw, where, task)
-  local kind, message, rwhere, rtask = "error", nil, nil, nil
+  local kind, message, rwhere, rtask = "error", nil, nil, nil -- luacheck: ignore 311
   if type(raw) == "table" then
     kind = raw.kind ~= nil and tostring(raw.kind) or "error"
     rwhere, rtask = raw.where, raw.task

@@ -122,7 +122,7 @@ function M.on_rpc(ev)
     response = ev.error ~= nil and ("error: " .. tostring(ev.error))
       or ("ok (%.2fs)"):format(tonumber(ev.duration) or 0)
   end
-  last_rpc[test] = { request = ev._request or ("%s %s"):format(tostring(ev.method), tostring(ev.url)),
+  last_rpc[test] = { request = ev._request or ("%s at %s"):format(tostring(ev.method), tostring(ev.url)),
     response = response }
 end
 

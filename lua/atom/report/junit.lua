@@ -93,7 +93,7 @@ local function failure_texts(ev)
   return f.error, table.concat(body, "\n"), #out > 0 and table.concat(out, "\n") or nil
 end
 
-function M:_add(suite, case, t)
+local function add(suite, case, t)
   suite.cases[#suite.cases + 1] = case
   suite.tests = suite.tests + 1
   if case.kind == "failure" then suite.failures = suite.failures + 1
@@ -119,14 +119,14 @@ function M:on_event(ev)
       case.kind = is_failure(err.kind) and "failure" or "error"
       case.type, case.message = err.kind, err.message
     end
-    self:_add(suite, case, t)
+    add(suite, case, t)
   elseif ty == "scenario_end" then
     local key = ev.file or "?"
     if ev.status == "error" then
       local suite = self:_suite(key, t)
       local err, body, out = failure_texts(ev)
       local t0 = self.file_t0[key]
-      self:_add(suite, { name = "(scenario)", classname = ev.file, kind = "error",
+      add(suite, { name = "(scenario)", classname = ev.file, kind = "error",
         time = (t and t0) and (t - t0) or 0, type = err.kind, message = err.message,
         body = body, out = out }, t)
     elseif self.by_key[key] and t and t > self.by_key[key].t1 then
