@@ -61,7 +61,7 @@ check: deps
 	@$(MAKE) --no-print-directory all BUILD=build/check OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined $(CHECK_FLAGS)"
 	@ATOMLUA_SANITIZE=1 sh tools/run-tests.sh build/check
-	@ATOMLUA_SANITIZE=1 ATOMLUA_GC=aggressive sh tools/run-tests.sh build/check
+	@ATOMLUA_SANITIZE=1 ATOMLUA_GC=aggressive BUSTED_EXTRA=--exclude-tags=stress sh tools/run-tests.sh build/check
 
 bench: deps
 	@$(MAKE) --no-print-directory all

@@ -440,7 +440,7 @@ describe("atom.itf.load", function()
 
   it("loads the bank example traces", function()
     local dir = "scenarios/bank/traces/"
-    for _, name in ipairs({ "quint_1.itf.json", "quint_2.itf.json", "quint_3.itf.json",
+    for _, name in ipairs({ "quint_0.itf.json", "quint_1.itf.json", "quint_2.itf.json",
       "apalache_1.itf.json" }) do
       local t = itf.load(dir .. name)
       assert.is_true(#t.states > 1, name)

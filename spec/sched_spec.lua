@@ -456,7 +456,7 @@ describe("tasks", function()
     end)
   end)
 
-  it("stress: 10,000 tasks with random sleeps and cancels all complete and leave nothing", function()
+  it("stress: 10,000 tasks with random sleeps and cancels all complete and leave nothing #stress", function()
     run(function()
       math.randomseed(42)
       local tasks = {}

@@ -587,6 +587,7 @@ static void maybe_release(struct proc *p) {
   exit_poll_close(p);
   outbuf_flush(&p->ob);
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
+  if (p->ob.logfd >= 0 && p->log_shared) proc_shared_log_unref();
   p->ob.logfd = -1;
   reaper_remove(p->pid); /* sent with the next add or at the owner's end */
   proc_owner_unlink(p);

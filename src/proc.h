@@ -181,6 +181,7 @@ void proc_wait_unlink(struct pwait *pw);
 void proc_stop_begin(struct proc *p, double grace);
 void proc_kill_and_reap(struct proc *p);
 void proc_ownstop_done(struct proc *p); /* proclua.c */
+void proc_shared_log_unref(void);       /* proclua.c: a user of exec.log is over */
 void proc_owner_link(struct proc *p, struct task *owner);
 void proc_owner_unlink(struct proc *p);
 void proc_abandon(struct proc *p);

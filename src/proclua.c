@@ -18,27 +18,35 @@
 
 extern char **environ;
 
-/* exec.log is shared by every exec of a scenario file: opened once. */
+/* exec.log is shared by the execs of a scenario file: opened once, closed
+ * when an owner ends and no exec is using it (the run directory may go). */
 static struct {
   char *path;
-  int fd;
-} shared_log = {NULL, -1};
+  int fd, users;
+} shared_log = {NULL, -1, 0};
 
-static void shared_log_close(void) {
+static void shared_log_close_idle(void) {
+  if (shared_log.users > 0) return;
   if (shared_log.fd >= 0) close(shared_log.fd);
   free(shared_log.path);
   shared_log.path = NULL;
   shared_log.fd = -1;
 }
 
+void proc_shared_log_unref(void) { shared_log.users--; }
+
 static int shared_log_fd(const char *path) {
-  if (shared_log.path && strcmp(shared_log.path, path) == 0) return shared_log.fd;
-  shared_log_close();
-  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return -1;
-  shared_log.path = strdup(path);
-  shared_log.fd = fd;
-  return fd;
+  if (!shared_log.path || strcmp(shared_log.path, path) != 0) {
+    if (shared_log.users > 0) /* another file while execs still log: use its own fd */
+      return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    shared_log_close_idle();
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    shared_log.path = strdup(path);
+    shared_log.fd = fd;
+  }
+  shared_log.users++;
+  return shared_log.fd;
 }
 
 struct ownstop {
@@ -188,6 +196,7 @@ static int l_spawn(lua_State *L) {
   if (log && o.output == OUT_CAPTURE) {
     o.logfd = log_shared ? shared_log_fd(log) : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (o.logfd < 0) return util_error(L, "io", "cannot open log %s: %s", log, strerror(errno));
+    if (log_shared && o.logfd != shared_log.fd) log_shared = false; /* its own fd after all */
   }
   struct proc **ud = lua_newuserdatauv(L, sizeof *ud, 1);
   *ud = NULL;
@@ -197,6 +206,7 @@ static int l_spawn(lua_State *L) {
   struct proc *p = proc_start(&o, &err, &stage);
   if (!p) {
     if (o.logfd >= 0 && !log_shared) close(o.logfd);
+    if (o.logfd >= 0 && log_shared) shared_log.users--;
     if (strcmp(stage, "exec") == 0)
       return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-err));
     if (strcmp(stage, "chdir") == 0)
@@ -483,6 +493,7 @@ void proc_ownstop_done(struct proc *p) {
   free(os->procs);
   os->procs = NULL;
   reaper_flush();
+  shared_log_close_idle();
   sched_wake(&os->w, 0);
 }
 
@@ -497,6 +508,7 @@ static int l_stop_owned(lua_State *L) {
   for (struct proc *p = *head; p; p = p->onext) n++;
   if (n == 0) {
     reaper_flush(); /* the groups of released processes */
+    shared_log_close_idle();
     return 0;
   }
   struct ownstop *os = sched_wait_alloc(L, t, sizeof *os);
@@ -517,6 +529,7 @@ static int l_stop_owned(lua_State *L) {
     free(os->procs);
     os->procs = NULL;
     reaper_flush();
+    shared_log_close_idle();
     return 0;
   }
   os->w.what = "stopping processes";
@@ -563,7 +576,8 @@ static int l_anchor_gc(lua_State *L) {
     next = p->gnext;
     proc_abandon(p);
   }
-  shared_log_close();
+  shared_log.users = 0;
+  shared_log_close_idle();
   reaper_flush();
   proc_L = NULL;
   return 0;

@@ -83,6 +83,9 @@ void timer_start(struct timer *t, double secs, void (*cb)(struct timer *)) {
   /* Round up to whole milliseconds so a timer never fires early. */
   double ms = secs * 1000.0;
   uint64_t delay = ms <= 0 ? 0 : (uint64_t)ms + ((double)(uint64_t)ms < ms);
+  /* The loop's cached time may be stale (a long resume): refresh it, so a
+   * sleep never ends early. */
+  uv_update_time(atom_loop);
   t->due = uv_now(atom_loop) + delay;
   t->seq = next_seq++;
   t->cb = cb;

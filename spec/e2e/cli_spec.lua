@@ -165,7 +165,7 @@ describe("atomlua run", function()
     assert.matches("seed 42: atomlua run %-%-seed 42 ", a.out)
   end)
 
-  it("ATOMLUA_DEBUG=leaks finds nothing after 10,000 tasks with cancels", function()
+  it("ATOMLUA_DEBUG=leaks finds nothing after 10,000 tasks with cancels #stress", function()
     local r = cli.run({ "run", S [[
       local ts = {}
       for i = 1, 10000 do ts[i] = atom.go(function() atom.sleep(math.random() * 0.02) end) end
