@@ -7,6 +7,8 @@
  * uv.spawn children belong to libuv. Output pipes and pidfds sit in a
  * private epoll set behind one uv_poll handle: a uv_poll per fd would cost
  * four more epoll_ctl calls per fd (libuv probes every new fd). */
+#include "proc.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,7 +21,6 @@
 #include <unistd.h>
 
 #include "atom.h"
-#include "proc.h"
 
 /* Wanted from sched.c: true once t's function has returned or raised, so a
  * critical exit after that is not the owner's failure. Weak until it exists. */
@@ -111,8 +112,8 @@ enum { EV_STDOUT = 0, EV_STDERR = 1, EV_EXIT = 2 }; /* low bits of epoll data */
 
 static int epfd = -1;
 static uv_poll_t ep_h;
-static int ep_count;         /* fds in the set; the uv_poll runs while > 0 */
-static int dispatching;      /* inside ep_cb: frees wait for the batch's end */
+static int ep_count;    /* fds in the set; the uv_poll runs while > 0 */
+static int dispatching; /* inside ep_cb: frees wait for the batch's end */
 static struct proc *free_later;
 
 static void out_event(struct proc *p, int s);
@@ -187,8 +188,8 @@ void proc_wait_unlink(struct pwait *pw) {
 }
 
 /* Wake every waiter of `kind` that `ready` accepts; values from `push`. */
-static void wake_kind(struct proc *p, int kind, bool (*ready)(struct pwait *), void (*push)(lua_State *, struct pwait *),
-                      int nres) {
+static void wake_kind(struct proc *p, int kind, bool (*ready)(struct pwait *),
+                      void (*push)(lua_State *, struct pwait *), int nres) {
   struct pwait *pw = p->waiters, *next;
   for (; pw; pw = next) {
     next = pw->next;
@@ -424,7 +425,9 @@ static void stop_check(struct proc *p) {
     timer_start(&p->group_timer, 0.02, stop_group_cb);
 }
 
-static void stop_group_cb(struct timer *tm) { stop_check(container_of(tm, struct proc, group_timer)); }
+static void stop_group_cb(struct timer *tm) {
+  stop_check(container_of(tm, struct proc, group_timer));
+}
 
 static void grace_cb(struct timer *tm) {
   struct proc *p = container_of(tm, struct proc, grace_timer);
@@ -538,13 +541,15 @@ static void on_exit_cb(struct proc *p) {
       lua_pushboolean(L, expected);
       lua_pushboolean(L, fail);
       if (lua_pcall(L, 5, 1, 0) != LUA_OK) {
-        fprintf(stderr, "atomlua: error in the process exit hook: %s\n", luaL_tolstring(L, -1, NULL));
+        fprintf(stderr, "atomlua: error in the process exit hook: %s\n",
+                luaL_tolstring(L, -1, NULL));
         lua_pop(L, 2);
         lua_pushnil(L);
       }
       if (fail && lua_isnil(L, -1)) {
         lua_pop(L, 1);
-        util_push_error(L, "process", "process %s (pid %d) exited unexpectedly", p->name, (int)p->pid);
+        util_push_error(L, "process", "process %s (pid %d) exited unexpectedly", p->name,
+                        (int)p->pid);
       }
       if (fail) fail_owner(p);
     }
@@ -575,7 +580,8 @@ static void maybe_release(struct proc *p) {
     }
     return;
   }
-  if (!p->reaped || !p->exit_done || p->out[0].fd >= 0 || p->out[1].fd >= 0 || !p->group_done) return;
+  if (!p->reaped || !p->exit_done || p->out[0].fd >= 0 || p->out[1].fd >= 0 || !p->group_done)
+    return;
   if (p->stopping && !p->stop_done) return;
   p->released = true;
   timer_stop(&p->eof_timer);
@@ -630,10 +636,17 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   if (!r) {
     int nul = proc_devnull();
     struct spawn_req req = {
-        .path = o->path, .argv = o->argv, .envp = o->envp, .cwd = o->cwd,
+        .path = o->path,
+        .argv = o->argv,
+        .envp = o->envp,
+        .cwd = o->cwd,
         .fd_in = o->stdin_mode != STDIN_NULL ? in[0] : nul,
-        .fd_out = o->output == OUT_CAPTURE ? out[1] : o->output == OUT_NULL ? nul : -1,
-        .fd_err = o->output == OUT_CAPTURE ? errp[1] : o->output == OUT_NULL ? nul : -1,
+        .fd_out = o->output == OUT_CAPTURE ? out[1]
+                  : o->output == OUT_NULL  ? nul
+                                           : -1,
+        .fd_err = o->output == OUT_CAPTURE ? errp[1]
+                  : o->output == OUT_NULL  ? nul
+                                           : -1,
     };
     r = spawn_start(&req, &p->pid, &p->pidfd, stage);
   }
@@ -662,7 +675,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   timer_init(&p->group_timer);
   timer_init(&p->tick);
   outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
-  int fds[2] = {out[0], errp[0]};
+  const int fds[2] = {out[0], errp[0]};
   for (int s = 0; s < 2; s++) {
     struct rpipe *rp = &p->out[s];
     rp->p = p;
@@ -700,7 +713,9 @@ void proc_kill_owned(struct task *t) {
 }
 
 /* End of the run (--timeout, a second signal): SIGKILL every group. */
-struct proc *proc_live_head(void) { return live_head; }
+struct proc *proc_live_head(void) {
+  return live_head;
+}
 
 void proc_release_ud(struct proc *p) {
   p->ud_gone = true;

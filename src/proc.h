@@ -15,10 +15,10 @@
 #define SPAWN_DEFAULT_PATH "/usr/bin:/bin"
 
 struct spawn_req {
-  const char *path;    /* absolute or cwd-relative executable (from spawn_lookup) */
-  char *const *argv;   /* NULL-terminated */
-  char *const *envp;   /* NULL-terminated */
-  const char *cwd;     /* the child's working directory, or NULL */
+  const char *path;          /* absolute or cwd-relative executable (from spawn_lookup) */
+  char *const *argv;         /* NULL-terminated */
+  char *const *envp;         /* NULL-terminated */
+  const char *cwd;           /* the child's working directory, or NULL */
   int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; -1 keeps the parent's */
 };
 
@@ -52,7 +52,7 @@ pid_t reaper_pid(void); /* 0 before the first add */
 
 /* {==== outbuf.c ==== */
 
-#define OUT_LINE_MAX (64 * 1024)   /* longer lines are cut into pieces */
+#define OUT_LINE_MAX (64 * 1024)    /* longer lines are cut into pieces */
 #define OUT_LINES_MAX (1024 * 1024) /* bytes of lines kept in memory */
 
 struct lblock;
@@ -76,10 +76,10 @@ struct outbuf {
   uint64_t first, next;   /* buffered lines are [first, next) */
   struct partial part[2]; /* 0: stdout, 1: stderr */
   struct tail tail[2];
-  int logfd;              /* -1: no log */
+  int logfd; /* -1: no log */
   char *logbuf;
   size_t loglen;
-  int log_errno;          /* first write error, the log is off afterwards */
+  int log_errno; /* first write error, the log is off afterwards */
 };
 
 void outbuf_init(struct outbuf *o, bool keep_lines, size_t tail_max, int logfd);
@@ -88,7 +88,7 @@ void outbuf_free(struct outbuf *o); /* does not close logfd */
 void outbuf_feed(struct outbuf *o, int s, const char *data, size_t n);
 /* EOF on stream s: a last line without newline is delivered. */
 void outbuf_eof(struct outbuf *o, int s);
-void outbuf_flush(struct outbuf *o); /* write the log buffer out */
+void outbuf_flush(struct outbuf *o);                               /* write the log buffer out */
 void outbuf_log_raw(struct outbuf *o, const char *data, size_t n); /* header lines */
 /* Line idx (first <= idx < next): its bytes (valid until the next feed), or NULL. */
 const char *outbuf_line(struct outbuf *o, uint64_t idx, size_t *len, int *stream);
@@ -155,7 +155,7 @@ struct proc {
   bool stopping, stop_done, sigkilled, released, ud_gone;
   bool in_inited, in_polling, in_close_after;
   bool log_shared; /* ob.logfd belongs to proclua.c's shared exec.log */
-  int handles; /* uv handles not yet closed (only in_h) */
+  int handles;     /* uv handles not yet closed (only in_h) */
   struct rpipe out[2];
   int in_fd;
   uv_poll_t in_h;

@@ -74,7 +74,8 @@ static void pw_cancel(struct wait *w) {
   if (p && pw->kill_on_cancel) proc_kill_and_reap(p);
 }
 
-static struct pwait *new_wait(lua_State *L, struct task *t, struct proc *p, int kind, const char *what) {
+static struct pwait *new_wait(lua_State *L, struct task *t, struct proc *p, int kind,
+                              const char *what) {
   struct pwait *pw = sched_wait_alloc(L, t, sizeof *pw);
   pw->kind = kind;
   pw->w.what = what;
@@ -170,7 +171,9 @@ static int l_spawn(lua_State *L) {
   lua_pop(L, 1);
   o.stdin_mode = in_data ? STDIN_DATA : in && strcmp(in, "pipe") == 0 ? STDIN_PIPE : STDIN_NULL;
   const char *out = opt_str(L, 1, "output");
-  o.output = !out || strcmp(out, "capture") == 0 ? OUT_CAPTURE : strcmp(out, "inherit") == 0 ? OUT_INHERIT : OUT_NULL;
+  o.output = !out || strcmp(out, "capture") == 0 ? OUT_CAPTURE
+             : strcmp(out, "inherit") == 0       ? OUT_INHERIT
+                                                 : OUT_NULL;
   lua_getfield(L, 1, "critical");
   o.critical = lua_toboolean(L, -1);
   lua_getfield(L, 1, "lines");
@@ -194,7 +197,8 @@ static int l_spawn(lua_State *L) {
   lua_pop(L, 1);
   o.logfd = -1;
   if (log && o.output == OUT_CAPTURE) {
-    o.logfd = log_shared ? shared_log_fd(log) : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    o.logfd = log_shared ? shared_log_fd(log)
+                         : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (o.logfd < 0) return util_error(L, "io", "cannot open log %s: %s", log, strerror(errno));
     if (log_shared && o.logfd != shared_log.fd) log_shared = false; /* its own fd after all */
   }
@@ -364,8 +368,10 @@ static int l_log_raw(lua_State *L) {
 static int l_signum(lua_State *L) {
   if (lua_isinteger(L, 1)) {
     lua_Integer n = lua_tointeger(L, 1);
-    if (n > 0 && n < NSIG) lua_pushinteger(L, n);
-    else lua_pushnil(L);
+    if (n > 0 && n < NSIG)
+      lua_pushinteger(L, n);
+    else
+      lua_pushnil(L);
     return 1;
   }
   const char *s = luaL_checkstring(L, 1);
@@ -584,14 +590,23 @@ static int l_anchor_gc(lua_State *L) {
 }
 
 void proc_register(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"pid", l_pid},         {"line", l_line},       {"range", l_range},
-      {"tail", l_tail},       {"output", l_output},   {"running", l_running},
-      {"status", l_status},   {"kill", l_kill},       {"signal", l_signal},
-      {"critical", l_critical}, {"close_stdin", l_close_stdin}, {"wait_line", l_wait_line},
-      {"wait", l_wait},       {"stop", l_stop},       {"write", l_write},
-      {"log_raw", l_log_raw},
-      {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"pid", l_pid},
+                                     {"line", l_line},
+                                     {"range", l_range},
+                                     {"tail", l_tail},
+                                     {"output", l_output},
+                                     {"running", l_running},
+                                     {"status", l_status},
+                                     {"kill", l_kill},
+                                     {"signal", l_signal},
+                                     {"critical", l_critical},
+                                     {"close_stdin", l_close_stdin},
+                                     {"wait_line", l_wait_line},
+                                     {"wait", l_wait},
+                                     {"stop", l_stop},
+                                     {"write", l_write},
+                                     {"log_raw", l_log_raw},
+                                     {NULL, NULL}};
   luaL_newmetatable(L, MT);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
@@ -608,9 +623,12 @@ void proc_register(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, "atom.proc.anchor");
-  static const luaL_Reg fns[] = {{"proc_spawn", l_spawn},         {"proc_on_exit", l_on_exit},
-                                 {"proc_stop_owned", l_stop_owned}, {"proc_signum", l_signum},
-                                 {"proc_signame", l_signame},     {"proc_live", l_live},
+  static const luaL_Reg fns[] = {{"proc_spawn", l_spawn},
+                                 {"proc_on_exit", l_on_exit},
+                                 {"proc_stop_owned", l_stop_owned},
+                                 {"proc_signum", l_signum},
+                                 {"proc_signame", l_signame},
+                                 {"proc_live", l_live},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -55,7 +55,8 @@ static void __attribute__((noreturn)) reaper_main(int fd) {
   }
   prctl(PR_SET_NAME, "atomlua-reaper");
   size_t cap = 4096, n = 0;
-  int32_t *set = mmap(NULL, cap * sizeof *set, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  int32_t *set =
+      mmap(NULL, cap * sizeof *set, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   char buf[4096];
   size_t have = 0;
   for (;;) {
@@ -147,8 +148,10 @@ static void restart(void) {
   rpid = 0;
   if (!start() && !warned) {
     warned = true;
-    fprintf(stderr, "atomlua: warning: cannot start the reaper process (%s); processes may outlive a crash\n",
-            strerror(errno));
+    fprintf(
+        stderr,
+        "atomlua: warning: cannot start the reaper process (%s); processes may outlive a crash\n",
+        strerror(errno));
   }
 }
 

@@ -59,7 +59,8 @@ int spawn_lookup(const char *prog, const char *path_env, char *out, size_t outsz
     const char *end = strchrnul(p, ':');
     size_t dlen = (size_t)(end - p);
     /* An empty PATH entry means the current directory, as for execvp. */
-    int n = dlen ? snprintf(out, outsz, "%.*s/%s", (int)dlen, p, prog) : snprintf(out, outsz, "%s", prog);
+    int n = dlen ? snprintf(out, outsz, "%.*s/%s", (int)dlen, p, prog)
+                 : snprintf(out, outsz, "%s", prog);
     if (n > 0 && (size_t)n < outsz) {
       int r = check_exec(out);
       if (r == 0) return 0;
@@ -78,24 +79,15 @@ int spawn_lookup(const char *prog, const char *path_env, char *out, size_t outsz
 struct child {
   const struct spawn_req *req;
   pid_t parent;
-  volatile int err;            /* errno of the failed step, written by the child */
-  const char *volatile stage;  /* which step failed */
+  volatile int err;           /* errno of the failed step, written by the child */
+  const char *volatile stage; /* which step failed */
 };
 
-/* The kernel's sigaction layout, so the child resets dispositions through
- * raw syscalls and never enters a libc or sanitizer wrapper. */
-struct ksigaction {
-  void (*handler)(int);
-  unsigned long flags;
-  void (*restorer)(void);
-  uint64_t mask;
-};
-
-#define CHILD_FAIL(c, what)   \
-  do {                        \
-    (c)->err = errno;         \
-    (c)->stage = (what);      \
-    _exit(127);               \
+#define CHILD_FAIL(c, what) \
+  do {                      \
+    (c)->err = errno;       \
+    (c)->stage = (what);    \
+    _exit(127);             \
   } while (0)
 
 /* Runs on its own stack, sharing memory with the suspended parent: only
@@ -129,9 +121,11 @@ __attribute__((no_sanitize("address", "undefined"))) static int child_main(void 
   if (r->cwd && chdir(r->cwd) < 0) CHILD_FAIL(c, "chdir");
   /* Default dispositions (atomlua ignores SIGPIPE; children must not), then
    * an empty mask: the parent blocked everything around clone. */
-  struct ksigaction dfl = {0};
+  /* The kernel's struct sigaction (handler, flags, restorer, mask), all zero:
+   * SIG_DFL through the raw syscall, never a libc or sanitizer wrapper. */
+  const unsigned long dfl[4] = {0, 0, 0, 0};
   for (int sig = 1; sig < 65; sig++)
-    if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+    if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, dfl, NULL, 8);
   uint64_t empty = 0;
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8);
   execve(r->path, r->argv, r->envp);

@@ -77,11 +77,15 @@ end
 
 -- Wrap a node's failure so it names the cluster and the node; user errors
 -- (raised by cmd or ready) and cancellations pass through unchanged.
-local function node_failure(c, node, e, verb)
+-- `at` = {where, task} of the c:start / c:restart call, which the error
+-- reports rather than the helper task the node was waited for in.
+local function node_failure(c, node, e, verb, at)
   if not errors.is(e) or e.kind == "cancelled" or e.kind == "usage" or e.node then return e end
   return errors.new(e.kind, format("cluster %s: node %s failed to %s: %s", c.name, node.name, verb, e.message),
-    { node = node.name, cause = e, where = e.where })
+    { node = node.name, cause = e, where = at.where or false, task = at.task })
 end
+
+local function call_site() return { where = errors.where(3), task = errors.task_name() } end
 
 local function exited_error(node, p, when)
   local _, code, sig = p._c:status()
@@ -231,6 +235,7 @@ end
 function Cluster:start(opts)
   check_self(self, "start")
   local timeout = opt_timeout(opts, 1, "start", self._ready_timeout)
+  local at = call_site()
   checkpoint("c:start")
   for _, node in ipairs(self.nodes) do
     if node.proc and node.proc:is_running() then
@@ -243,12 +248,12 @@ function Cluster:start(opts)
   for i, node in ipairs(self.nodes) do
     fns[i] = function()
       local ok, e = pcall(start_node, self, node, timeout, false)
-      if not ok then error(node_failure(self, node, e, "start"), 0) end
+      if not ok then error(node_failure(self, node, e, "start", at), 0) end
       up = up + 1
       if up == #self.nodes then all:set() end
       -- Still part of the start: an exit before the others are ready fails it.
       if sched.race(function() all:wait() end, function() node.proc:wait() end) == 2 then
-        error(node_failure(self, node, exited_error(node, node.proc, "while the cluster started"), "start"), 0)
+        error(node_failure(self, node, exited_error(node, node.proc, "while the cluster started"), "start", at), 0)
       end
     end
   end
@@ -303,6 +308,7 @@ function Cluster:restart(i, opts)
   check_self(self, "restart")
   local node = node_arg(self, i, 1, "restart")
   local timeout = opt_timeout(opts, 2, "restart", self._ready_timeout)
+  local at = call_site()
   checkpoint("c:restart")
   node._state = "down"
   if node.proc then node.proc:stop() end
@@ -311,7 +317,7 @@ function Cluster:restart(i, opts)
     node._state = "down"
     local p = node.proc
     if p and p:is_running() then sched.shield(p.stop, p) end
-    error(node_failure(self, node, e, "restart"), 0)
+    error(node_failure(self, node, e, "restart", at), 0)
   end
   arm(node)
 end

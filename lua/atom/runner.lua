@@ -166,7 +166,15 @@ end
 
 -- The error escaping atom.run, with the kept run directory's path in its
 -- message (an atom error's or a string's; other values cannot carry it).
+-- A directory nothing was written to is removed all the same: it holds no
+-- evidence, and module-mode specs that test errors would litter $TMPDIR.
 local function with_dir(err, dir)
+  local uv = require("luv")
+  local scan = uv.fs_scandir(dir)
+  if not (scan and uv.fs_scandir_next(scan)) then
+    _atom.rm_rf(dir)
+    return err
+  end
   local note = "(run directory kept: " .. dir .. ")"
   if errors.is(err) then
     err.message = tostring(err.message) .. " " .. note

@@ -46,7 +46,12 @@ end
 
 -- After the first error: cancel the rest, wait until they unwound, keep
 -- their later non-cancel errors in err.also (rule "Cleanup errors").
+-- The runner sets this to note, before the siblings are cancelled, what each
+-- of them was waiting for (failure forensics); prefix = "<caller>/".
+M.on_unwind = nil
+
 local function unwind(g, err)
+  if err ~= nil and M.on_unwind then M.on_unwind(task_name() .. "/") end
   group_cancel(g)
   while true do
     local i, st, e = group_next(g)

@@ -12,9 +12,9 @@
 -- after what the trace writes ("init" for Quint, whatever the spec puts in its
 -- Init for Apalache). A reactor may also give `action = function(state) ... end`
 -- returning the name, to accept traces from both tools (an extension of §6).
--- Quint writes qualified variable names when the model is instantiated from
--- another module (`bank::balances`, `bankTest::bank::balances`): read them as
--- state["bank::balances"], or normalise once in setup (ctx.trace is yours).
+-- Quint qualifies the variables of an instantiated module (`import bank(..).*`
+-- in bank3 writes `bank3::bank::balances`): read them by that name, or
+-- normalise once in setup (ctx.trace is yours). docs/traces.md has the rest.
 local errors = require("atom.errors")
 
 local M = {}

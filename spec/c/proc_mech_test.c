@@ -19,12 +19,12 @@
 #include "reaper.c"
 #include "spawn.c"
 
-#define ASSERT(c)                                                        \
-  do {                                                                   \
-    if (!(c)) {                                                          \
+#define ASSERT(c)                                                               \
+  do {                                                                          \
+    if (!(c)) {                                                                 \
       fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                           \
-    }                                                                    \
+      abort();                                                                  \
+    }                                                                           \
   } while (0)
 #define ASSERT_EQ(a, b) ASSERT((long long)(a) == (long long)(b))
 #define ASSERT_STR(a, b) ASSERT(strcmp((a), (b)) == 0)
@@ -35,7 +35,8 @@ static int run(char *const argv[], int out, pid_t *pidp, const char **stage) {
   char path[4096];
   int r = spawn_lookup(argv[0], getenv("PATH"), path, sizeof path);
   if (r) return r;
-  struct spawn_req req = {.path = path, .argv = argv, .envp = environ, .fd_in = -1, .fd_out = out, .fd_err = -1};
+  struct spawn_req req = {
+      .path = path, .argv = argv, .envp = environ, .fd_in = -1, .fd_out = out, .fd_err = -1};
   int pidfd;
   r = spawn_start(&req, pidp, &pidfd, stage);
   if (r == 0 && pidfd >= 0) close(pidfd);
@@ -70,7 +71,8 @@ static void test_spawn(void) {
   ASSERT(pipe2(p, O_CLOEXEC) == 0);
   pid_t pid;
   const char *stage = NULL;
-  char *argv[] = {"sh", "-c", "ps -o pid=,pgid= -p $$; exec grep -E '^(SigIgn|SigBlk)' /proc/$$/status", NULL};
+  char *argv[] = {"sh", "-c",
+                  "ps -o pid=,pgid= -p $$; exec grep -E '^(SigIgn|SigBlk)' /proc/$$/status", NULL};
   ASSERT_EQ(run(argv, p[1], &pid, &stage), 0);
   close(p[1]);
   char *out = slurp(p[0]);
@@ -96,7 +98,13 @@ static void test_spawn(void) {
   ASSERT_EQ(run(argv2, -1, &pid, &stage), -ENOENT);
   ASSERT_STR(stage, "exec");
   unlink(tmpl);
-  struct spawn_req req = {.path = "/bin/true", .argv = argv, .envp = environ, .cwd = "/nonexistent", .fd_in = -1, .fd_out = -1, .fd_err = -1};
+  struct spawn_req req = {.path = "/bin/true",
+                          .argv = argv,
+                          .envp = environ,
+                          .cwd = "/nonexistent",
+                          .fd_in = -1,
+                          .fd_out = -1,
+                          .fd_err = -1};
   int pidfd;
   ASSERT_EQ(spawn_start(&req, &pid, &pidfd, &stage), -ENOENT);
   ASSERT_STR(stage, "chdir");

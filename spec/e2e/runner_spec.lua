@@ -93,6 +93,18 @@ describe("exit status", function()
     assert.matches("^scenario error in ", l[#l - 2])
   end)
 
+  it("a test that leaves a go task failing is reported as failed, with the task's error", function()
+    local r = run({ "run", S [[
+      atom.test("leaks a failure", function()
+        atom.go(function() atom.sleep(0.01); error("background broke") end)
+        atom.sleep(5)
+      end)
+    ]] })
+    assert.equals(1, r.code)
+    assert.matches("✗ leaks a failure %([%d.]+s%)\n  [^\n]*:2: background broke\n", r.out)
+    assert.equals("0 passed, 1 failed", last_line(r.out))
+  end)
+
   it("a signal during a test: 130, the test cancelled, JUnit still written", function()
     local junit = work .. "/j.xml"
     local r = cli.run_signal({ "run", "--workdir", work .. "/runs", "--junit", junit, S [[

@@ -100,8 +100,10 @@ describe("atomlua trace, the bank example against redis-server", function()
       assert.matches("trace scenarios/bank/traces/" .. plain(want), r.out)
     end
     -- The model state of the failing step, as the model has it.
-    assert.matches('model state: {%["bank3::bank::balances"%] = Map%("alice" %-> 77, "bob" %-> 7, "charlie" %-> 66%)', r.out)
-    assert.matches('model state: {action = {amount = 90, receiver = "charlie", sender = "bob", tag = "Transfer"}', r.out)
+    assert.truthy(r.out:find('model state: {["bank3::bank::balances"] = Map("alice" -> 77, "bob" -> 7, '
+      .. '"charlie" -> 66)', 1, true))
+    assert.truthy(r.out:find('model state: {action = {amount = 90, receiver = "charlie", sender = "bob", '
+      .. 'tag = "Transfer"}', 1, true))
     local pid
     for _, e in ipairs(events(ev)) do if e.type == "process_spawn" then pid = e.pid end end
     assert.is_falsy(os.execute("kill -0 " .. math.tointeger(pid) .. " 2>/dev/null"))
@@ -204,7 +206,8 @@ describe("atomlua trace", function()
   end)
 
   it("--filter matches trace paths; no match exits 2", function()
-    local r = trace({ "--reactor", FIX .. "counter.lua", "--filter", "two", FIX .. "counter", FIX .. "offset.itf.json" })
+    local r = trace({ "--reactor", FIX .. "counter.lua", "--filter", "two",
+      FIX .. "counter", FIX .. "offset.itf.json" })
     assert.equals(0, r.code, r.out .. r.err)
     assert.same({ "✓ spec/fixtures/trace/counter/two.itf.json" }, outcomes(r.out))
     -- ctx.index is the position among all traces, filtered out or not
@@ -225,7 +228,8 @@ describe("atomlua trace", function()
   end)
 
   it("--fail-fast replays no trace after the first failure", function()
-    local r = trace({ "--reactor", FIX .. "counter_buggy.lua", "--fail-fast", FIX .. "counter", FIX .. "offset.itf.json" })
+    local r = trace({ "--reactor", FIX .. "counter_buggy.lua", "--fail-fast",
+      FIX .. "counter", FIX .. "offset.itf.json" })
     assert.equals(1, r.code, r.out .. r.err)
     assert.same({ "✗ spec/fixtures/trace/counter/one.itf.json" }, outcomes(r.out))
     assert.matches("stopped by %-%-fail%-fast", r.out)
