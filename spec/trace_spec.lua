@@ -265,6 +265,19 @@ describe("atom.trace.run", function()
     assert.same({ true }, trace.run(r, { { path = "a", trace = t } }))
   end)
 
+  it("fails a trace before setup when the action function raises, naming the state", function()
+    local log = {}
+    local r = logging_reactor(log, { action = function(state)
+      if state.x == 20 then error("no idea", 0) end
+      return "init"
+    end })
+    assert.same({ false }, trace.run(r, { { path = "a", trace = quint_trace({ "init", "Step" }) } }))
+    assert.same({}, log)
+    assert.is_true(errors.is(tests[1].err, "usage"))
+    assert.equal("trace a, state 2 (#meta.index 1): the reactor's action function failed: no idea",
+      tests[1].err.message)
+  end)
+
   it("fails a trace before setup when a state has no action", function()
     local log = {}
     local t = itf.decode([=[{"vars":["x"],"states":[

@@ -36,7 +36,6 @@ static struct timer reaper_timer;
 static bool reaper_timer_ready;
 
 static void on_exit_cb(struct proc *p);
-static void maybe_release(struct proc *p);
 
 /* {==== small helpers ==== */
 
@@ -78,14 +77,6 @@ void proc_push_signame(lua_State *L, int sig) {
     lua_pushstring(L, name);
   else
     lua_pushfstring(L, "%d", sig);
-}
-
-/* Our handles keep data == NULL (luv's uv.walk); the owner is found by
- * container_of, and closing counts down p->handles. */
-static void in_close_cb(uv_handle_t *h) {
-  struct proc *p = container_of((uv_poll_t *)h, struct proc, in_h);
-  p->handles--;
-  maybe_release(p);
 }
 
 /* The reaper hears of new groups at the next loop iteration (the process
@@ -140,7 +131,7 @@ static void ep_cb(uv_poll_t *h, int status, int events) {
       struct proc *p = free_later;
       free_later = p->free_next;
       p->handles = 0;
-      maybe_release(p);
+      proc_maybe_release(p);
     }
 }
 
@@ -260,7 +251,7 @@ static void out_event(struct proc *p, int s) {
   outbuf_flush(&p->ob);
   wake_lines(p);
   check_output_end(p);
-  maybe_release(p);
+  proc_maybe_release(p);
 }
 
 static void drain(struct proc *p) {
@@ -275,126 +266,6 @@ static void eof_timer_cb(struct timer *tm) {
   struct proc *p = container_of(tm, struct proc, eof_timer);
   drain(p);
   end_output(p);
-}
-
-/* }==== */
-
-/* {==== stdin ==== */
-
-/* write(2) on a pipe whose reader is gone raises SIGPIPE; module mode does
- * not ignore it, so block it around the write and swallow the pending one. */
-static ssize_t write_nosigpipe(int fd, const char *buf, size_t n) {
-  sigset_t pipe_set, old, pending;
-  sigemptyset(&pipe_set);
-  sigaddset(&pipe_set, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-  sigpending(&pending);
-  bool was_pending = sigismember(&pending, SIGPIPE);
-  ssize_t k = write(fd, buf, n);
-  int e = errno;
-  if (k < 0 && e == EPIPE && !was_pending) {
-    struct timespec zero = {0, 0};
-    sigtimedwait(&pipe_set, NULL, &zero);
-  }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  errno = e;
-  return k;
-}
-
-static void wreq_done(struct proc *p, struct wreq *r, int err) {
-  p->in_head = r->next;
-  if (!p->in_head) p->in_tail = NULL;
-  if (r->pw) {
-    struct pwait *pw = r->pw;
-    r->pw = NULL;
-    pw->done = true;
-    pw->err = err;
-    proc_wait_unlink(pw);
-    lua_State *T = sched_thread(&pw->w);
-    if (T && err) {
-      util_push_error(T, "io", "write to %s's stdin failed: %s", p->name, strerror(err));
-      lua_pushstring(T, err == EPIPE ? "reset" : "eof");
-      lua_setfield(T, -2, "cause");
-      sched_wake_error(&pw->w);
-    } else if (T) {
-      sched_wake(&pw->w, 0);
-    }
-  }
-  free(r);
-}
-
-void proc_stdin_close(struct proc *p) {
-  while (p->in_head) wreq_done(p, p->in_head, EPIPE);
-  if (p->in_fd < 0) return;
-  if (p->in_polling) {
-    uv_poll_stop(&p->in_h);
-    uv_close((uv_handle_t *)&p->in_h, in_close_cb);
-    p->in_polling = false;
-  }
-  close(p->in_fd);
-  p->in_fd = -1;
-}
-
-static void in_cb(uv_poll_t *h, int status, int events);
-
-/* Write queued data until the pipe is full; then poll for room. */
-void proc_stdin_flush(struct proc *p) {
-  while (p->in_head && p->in_fd >= 0) {
-    struct wreq *r = p->in_head;
-    ssize_t k = r->len > r->off ? write_nosigpipe(p->in_fd, r->data + r->off, r->len - r->off) : 0;
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!p->in_polling) {
-        if (!p->in_inited) {
-          uv_poll_init(atom_loop, &p->in_h, p->in_fd);
-          p->in_inited = true;
-          p->handles++;
-        }
-        uv_poll_start(&p->in_h, UV_WRITABLE, in_cb);
-        p->in_polling = true;
-      }
-      return;
-    }
-    if (k < 0) {
-      int e = errno;
-      while (p->in_head) wreq_done(p, p->in_head, e);
-      proc_stdin_close(p);
-      return;
-    }
-    r->off += (size_t)k;
-    if (r->off == r->len) wreq_done(p, r, 0);
-  }
-  if (p->in_polling) {
-    uv_poll_stop(&p->in_h);
-    p->in_polling = false;
-  }
-  if (!p->in_head && p->in_close_after) proc_stdin_close(p);
-}
-
-static void in_cb(uv_poll_t *h, int status, int events) {
-  (void)status;
-  (void)events;
-  struct proc *p = container_of(h, struct proc, in_h);
-  p->in_polling = true;
-  proc_stdin_flush(p);
-}
-
-/* Queue n bytes for stdin; returns the request (done when it is no longer
- * p->in_head's chain, i.e. after proc_stdin_flush, if r->off == r->len). */
-struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n) {
-  struct wreq *r = malloc(sizeof *r + n);
-  if (!r) return NULL;
-  r->next = NULL;
-  r->pw = NULL;
-  r->len = n;
-  r->off = 0;
-  memcpy(r->data, data, n);
-  if (p->in_tail)
-    p->in_tail->next = r;
-  else
-    p->in_head = r;
-  p->in_tail = r;
-  return r;
 }
 
 /* }==== */
@@ -461,7 +332,7 @@ static void stop_finish(struct proc *p) {
   end_output(p);
   wake_kind(p, W_STOP, NULL, push_status_w, 2);
   if (p->os) proc_ownstop_done(p);
-  maybe_release(p);
+  proc_maybe_release(p);
 }
 
 /* SIGKILL the group and reap the leader before returning (bounded), for a
@@ -562,12 +433,12 @@ static void on_exit_cb(struct proc *p) {
   else if (!p->out_ended)
     timer_start(&p->eof_timer, 0.5, eof_timer_cb);
   stop_check(p);
-  maybe_release(p);
+  proc_maybe_release(p);
 }
 
 /* Over: reaped, pipes closed, group empty or killed. Give back the fds, the
  * reaper entry, the owner link and the strong ref; memory goes with __gc. */
-static void maybe_release(struct proc *p) {
+void proc_maybe_release(struct proc *p) {
   if (p->released) {
     if (p->ud_gone && p->handles == 0 && dispatching) { /* ep_cb may still look at it */
       p->free_next = free_later;
@@ -604,7 +475,7 @@ static void maybe_release(struct proc *p) {
   if (p->gnext) p->gnext->gprev = p->gprev;
   p->gnext = p->gprev = NULL;
   if (proc_L && p->ref != LUA_NOREF) util_unref(proc_L, &p->ref);
-  maybe_release(p);
+  proc_maybe_release(p);
 }
 
 /* }==== */
@@ -720,7 +591,7 @@ struct proc *proc_live_head(void) {
 void proc_release_ud(struct proc *p) {
   p->ud_gone = true;
   if (!p->released) proc_abandon(p);
-  maybe_release(p);
+  proc_maybe_release(p);
 }
 
 void proc_kill_all(void) {
@@ -773,7 +644,7 @@ void proc_abandon(struct proc *p) {
     p->reaped = true;
     live_children--;
   }
-  maybe_release(p);
+  proc_maybe_release(p);
 }
 
 /* }==== */

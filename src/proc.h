@@ -97,8 +97,10 @@ void outbuf_tail_copy(const struct outbuf *o, int s, char *dst);
 
 /* }==== */
 
-/* {==== proc.c / proclua.c (need atom.h first) ==== */
-#ifdef ATOM_H
+/* {==== proc.c / proclua.c (the C tests of the mechanisms define
+ * PROC_MECH_ONLY: they build without Lua) ==== */
+#ifndef PROC_MECH_ONLY
+#include "atom.h"
 
 enum { STDIN_NULL, STDIN_PIPE, STDIN_DATA };
 enum { OUT_CAPTURE, OUT_INHERIT, OUT_NULL };
@@ -190,7 +192,8 @@ void proc_kill_all(void);
 struct proc *proc_live_head(void);
 struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n);
 void proc_stdin_flush(struct proc *p);
-void proc_stdin_close(struct proc *p);
+void proc_stdin_close(struct proc *p);   /* procin.c, like the two above */
+void proc_maybe_release(struct proc *p); /* release or free p once it is over */
 
 #endif
 /* }==== */

@@ -112,7 +112,8 @@ local function parse_spec(spec, fields, fname, n)
     bad(n, fname, "field 'output' must be \"capture\", \"inherit\" or \"null\"")
   end
   if spec.grace and spec.grace < 0 then bad(n, fname, "field 'grace' must not be negative") end
-  if spec.timeout and not (spec.timeout >= 0) then bad(n, fname, "field 'timeout' must not be negative") end
+  local t = spec.timeout
+  if t and (t ~= t or t < 0) then bad(n, fname, "field 'timeout' must not be negative") end
   local env
   if spec.env then
     env = {}
@@ -361,7 +362,7 @@ Process.running = Process.is_running
 -- Processes by owner task (tests only), for failure reports.
 local by_owner = setmetatable({}, { __mode = "k" })
 
-local function start(argv, o, fname, name, log, again, header_always)
+local function start(argv, o, name, log, again, header_always)
   o.name = name
   o.log = log
   local p = { pid = 0, name = name, _cursor = 1, _output = o.output, _stdin = o.stdin,
@@ -394,7 +395,7 @@ function M.spawn(spec)
   local name = spec.name or default_name(argv[1])
   local log, again
   if o.output == "capture" then log, again = log_path(name) end
-  return (start(argv, o, "spawn", name, log, again, false))
+  return (start(argv, o, name, log, again, false))
 end
 
 local function exec(spec, fname, n)
@@ -406,7 +407,7 @@ local function exec(spec, fname, n)
   o.tail = EXEC_KEEP
   o.lines = false
   o.log_shared = true
-  local p, c = start(argv, o, fname, name, dir and dir .. "/exec.log", false, true)
+  local p, c = start(argv, o, name, dir and dir .. "/exec.log", false, true)
   local desc = spec.timeout and format("%s %s", fname, quote_argv(argv))
   local code, sig = c:wait(spec.timeout, desc, true, true, fname)
   local stdout, stderr = c:output()

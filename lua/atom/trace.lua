@@ -172,13 +172,21 @@ function M.actions(reactor, trace, path)
   local known = table.concat(sorted_steps(reactor.steps), ", ")
   local names = {}
   for i, state in ipairs(trace.states) do
+    local where = ("trace %s, state %s"):format(path, state_label(i, state))
     local name
     if type(spec) == "function" then
-      name = spec(state)
+      -- Name the state when the reactor's own function fails on it, as for
+      -- any other reason the trace cannot start.
+      local ok, got = pcall(spec, state)
+      if not ok then
+        if errors.is(got, "cancelled") then error(got, 0) end
+        local text = errors.is(got) and got.message or tostring(got)
+        errors.raise("usage", ("%s: the reactor's action function failed: %s"):format(where, text))
+      end
+      name = got
     else
       name = at_path(state, spec)
     end
-    local where = ("trace %s, state %s"):format(path, state_label(i, state))
     if name == nil then
       errors.raise("itf", ("%s: no action name at %s; known steps: %s"):format(
         where, type(spec) == "function" and "the reactor's action function" or ("%q"):format(spec), known))

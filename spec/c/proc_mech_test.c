@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#define PROC_MECH_ONLY
 #include "outbuf.c"
 #include "proc.h"
 #include "reaper.c"
