@@ -89,6 +89,9 @@ void sched_wake(struct wait *w, int nres);
 /* Same, but the task raises the error value on top of sched_thread(w). */
 void sched_wake_error(struct wait *w);
 
+/* True once the task's function has returned or raised (its end has begun):
+ * a critical process exiting after that does not fail its owner. */
+bool sched_task_returned(struct task *t);
 /* The nearest test task among t and its ancestors, else the root. */
 struct task *sched_owner(struct task *t);
 /* Fail `owner` like an unjoined child failure: the error value on top of L is
@@ -148,6 +151,7 @@ void bytes_register(lua_State *L);
 void **sched_task_procs(struct task *t);
 void proc_kill_owned(struct task *t);
 int proc_live_children(void); /* unreaped children, for ATOMLUA_DEBUG=leaks */
+void proc_kill_all(void);      /* SIGKILL every group now (a forced exit) */
 
 /* }==== */
 

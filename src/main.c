@@ -109,6 +109,7 @@ static void watchdog_check(void) {
   if (code) {
     fflush(stdout);
     fprintf(stderr, "atomlua: cleanups did not finish in time; exiting\n");
+    proc_kill_all(); /* the reaper would too, once we are gone */
     _exit(code);
   }
 }

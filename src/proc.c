@@ -24,7 +24,6 @@
 
 /* Wanted from sched.c: true once t's function has returned or raised, so a
  * critical exit after that is not the owner's failure. Weak until it exists. */
-bool sched_task_returned(struct task *t) __attribute__((weak));
 
 lua_State *proc_L;
 static struct proc *live_head; /* every process not yet released */
@@ -41,7 +40,7 @@ static void on_exit_cb(struct proc *p);
 
 static bool owner_running(struct task *t) {
   if (!t || sched_task_done(t)) return false;
-  return !(sched_task_returned && sched_task_returned(t));
+  return !sched_task_returned(t);
 }
 
 /* True while some member of the group may still run. */

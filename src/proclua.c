@@ -440,8 +440,9 @@ static int l_stop(lua_State *L) {
     proc_push_status(L, p);
     return 2;
   }
-  struct pwait *pw = new_wait(L, t, p, W_STOP, from_close ? "!p:stop()" : "p:stop()");
+  struct pwait *pw = new_wait(L, t, p, W_STOP, "p:stop()");
   pw->kill_on_cancel = true;
+  pw->w.uninterruptible = from_close;
   return sched_wait(L, &pw->w, -1, 0);
 }
 

@@ -51,6 +51,7 @@ struct task {
   struct task *ready_next;
   bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
   bool wake_error, has_override, awaiting_children;
+  bool returned; /* its function has returned or raised (trampoline step 2 began) */
   int wake_nres;            /* values queued for the next resume */
   int resumed_nres;         /* values the current resume brought (for continuations) */
   struct wait *wait;
@@ -158,6 +159,7 @@ const char *sched_task_name(lua_State *L, struct task *t) {
 }
 
 bool sched_task_done(struct task *t) { return t->status >= T_DONE; }
+bool sched_task_returned(struct task *t) { return t->returned || t->status >= T_DONE; }
 int sched_live_tasks(void) { return S.live; }
 void **sched_task_procs(struct task *t) { return &t->procs; }
 
@@ -1209,6 +1211,7 @@ static int end_children_k(lua_State *L, int status, lua_KContext ctx) {
 static int l_end_children(lua_State *L) {
   struct task *t = sched_current(L);
   if (!t) return 0;
+  t->returned = true;
   if (!t->child_head) return push_end_info(L, t);
   push_reason(L, "cancelled: its parent task ended");
   int reason = lua_gettop(L);

@@ -12,8 +12,8 @@ local state = require "atom.state"
 local M = {}
 
 local format, concat = string.format, table.concat
-local checkpoint, now = _atom.checkpoint, _atom.now
-local argerror, checktype = errors.argerror, errors.checktype
+local checkpoint = _atom.checkpoint
+local argerror = errors.argerror
 
 local READY_TIMEOUT = 30
 local TAIL_LINES = 20
@@ -137,7 +137,10 @@ local function spawn_for_owner(c, node, spec)
   node.proc = proc.spawn(spec) -- no helper left: the current owner gets it
 end
 
+local stop_owner
+
 local function start_owner(c)
+  stop_owner(c) -- a helper left from an earlier start whose nodes all exited
   if proc.spawn_as and _atom.owner then
     c._owner = _atom.owner()
     return
@@ -147,7 +150,7 @@ local function start_owner(c)
   c._helper = h
 end
 
-local function stop_owner(c)
+function stop_owner(c)
   if c._helper then c._helper.task:cancel() end
   c._helper, c._owner = nil, nil
 end
@@ -258,6 +261,11 @@ function Cluster:start(opts)
     end
   end
   local ok, e = pcall(sched.gather, fns)
+  for _, node in ipairs(self.nodes) do -- an exit in the very last moment
+    if ok and not node.proc:is_running() then
+      ok, e = false, node_failure(self, node, exited_error(node, node.proc, "while the cluster started"), "start", at)
+    end
+  end
   if not ok then
     sched.shield(stop_all, self)
     error(e, 0)
@@ -360,31 +368,34 @@ local fields = {
 
 local used_dirs = {} -- node directories handed out in this Lua state
 
+local function bad(msg) argerror(1, "cluster", msg) end
+
 local function check_opts(o)
-  if type(o) ~= "table" then argerror(1, "cluster", "table expected, got " .. (o == nil and "no value" or type(o))) end
+  if type(o) ~= "table" then bad("table expected, got " .. (o == nil and "no value" or type(o))) end
   for k, v in pairs(o) do
     local want = type(k) == "string" and fields[k]
-    if not want then argerror(1, "cluster", format("unknown field '%s'", tostring(k))) end
+    if not want then bad(format("unknown field '%s'", tostring(k))) end
     if not want:find(type(v), 1, true) then
-      argerror(1, "cluster", format("field '%s' must be a %s, got %s", k, want:gsub("|", " or "), type(v)))
+      bad(format("field '%s' must be a %s, got %s", k, (want:gsub("|", " or ")), type(v)))
     end
   end
-  if math.type(o.size) ~= "integer" or o.size < 1 then argerror(1, "cluster", "field 'size' must be an integer >= 1") end
-  if not o.cmd then argerror(1, "cluster", "field 'cmd' (a function returning a spawn spec) is required") end
-  if o.name and not o.name:find("^[%w._-]+$") then argerror(1, "cluster", "field 'name' must match [A-Za-z0-9._-]+") end
-  if o.ready_timeout and not (o.ready_timeout >= 0) then argerror(1, "cluster", "field 'ready_timeout' must not be negative") end
+  if math.type(o.size) ~= "integer" or o.size < 1 then bad("field 'size' must be an integer >= 1") end
+  if not o.cmd then bad("field 'cmd' (a function returning a spawn spec) is required") end
+  if o.name and not o.name:find("^[%w._-]+$") then bad("field 'name' must match [A-Za-z0-9._-]+") end
+  -- `not (x >= 0)` also rejects NaN
+  if o.ready_timeout and not (o.ready_timeout >= 0) then bad("field 'ready_timeout' must not be negative") end
   if type(o.ready) == "string" then
     local ok, msg = pcall(string.find, "", o.ready)
-    if not ok then argerror(1, "cluster", "field 'ready': " .. tostring(msg):gsub("^.-:%d+: ", "")) end
+    if not ok then bad("field 'ready': " .. tostring(msg):gsub("^.-:%d+: ", "")) end
   end
   local seen = {}
   for i, pn in ipairs(o.ports or {}) do
-    if type(pn) ~= "string" or seen[pn] then argerror(1, "cluster", format("ports[%d] must be a new port name", i)) end
+    if type(pn) ~= "string" or seen[pn] then bad(format("ports[%d] must be a new port name", i)) end
     seen[pn] = true
   end
   for k, v in pairs(o.env or {}) do
     if type(k) ~= "string" or not (type(v) == "string" or type(v) == "number" or v == false) then
-      argerror(1, "cluster", format("env.%s must be a string, a number or false", tostring(k)))
+      bad(format("env.%s must be a string, a number or false", tostring(k)))
     end
   end
 end
@@ -410,9 +421,19 @@ end
 ---@field dir string the node's own directory in the run directory
 ---@field proc table|nil its process, once started
 
+---@class atom.cluster_opts
+---@field size integer number of nodes
+---@field name string? node names are <name><id> (default "node")
+---@field ports string[]? port names: each node gets one free port per name
+---@field cmd fun(node: atom.cluster_node, c: table): table the spawn spec, at each (re)start
+---@field ready (string|fun(node: atom.cluster_node, c: table): any)? a pattern to expect, or a poll
+---@field ready_timeout number? seconds (default 30)
+---@field env table? merged under each spec's env
+---@field cwd string? instead of node.dir
+
 --- Make a cluster (nothing starts yet): ports and directories are assigned
 --- now, so `cmd` can read every node's ports.
----@param opts {size: integer, name: string?, ports: string[]?, cmd: fun(node: atom.cluster_node, c: table): table, ready: (string|fun(node: atom.cluster_node, c: table): any)?, ready_timeout: number?, env: table?, cwd: string?}
+---@param opts atom.cluster_opts
 ---@return table cluster with c.nodes, c.name, c.size
 function M.cluster(opts)
   check_opts(opts)

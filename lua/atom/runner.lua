@@ -171,7 +171,9 @@ end
 local function with_dir(err, dir)
   local uv = require("luv")
   local scan = uv.fs_scandir(dir)
-  if not (scan and uv.fs_scandir_next(scan)) then
+  local empty = not (scan and uv.fs_scandir_next(scan))
+  while scan and uv.fs_scandir_next(scan) do end -- read to the end: frees the listing
+  if empty then
     _atom.rm_rf(dir)
     return err
   end
