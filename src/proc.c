@@ -9,6 +9,7 @@
  * four more epoll_ctl calls per fd (libuv probes every new fd). */
 #include "proc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -44,9 +45,37 @@ static bool owner_running(struct task *t) {
 }
 
 /* True while some member of the group may still run. */
+/* Does any process of group pgid still run? Zombies do not count: an
+ * orphaned member is reaped by init, which may take its time (seconds in
+ * some containers), and waiting for that would stall every stop. */
+static bool group_has_live_member(pid_t pgid) {
+  DIR *d = opendir("/proc");
+  if (!d) return true;
+  bool live = false;
+  struct dirent *e;
+  char path[300], buf[512];
+  while (!live && (e = readdir(d))) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    char *rp = strrchr(buf, ')'); /* the command may contain spaces and parens */
+    char state;
+    int ppid, pgrp;
+    if (!rp || sscanf(rp + 1, " %c %d %d", &state, &ppid, &pgrp) != 3) continue;
+    if (pgrp == pgid && state != 'Z' && state != 'X') live = true;
+  }
+  closedir(d);
+  return live;
+}
+
 static bool group_alive(struct proc *p) {
   if (p->group_done) return false;
-  if (kill(-p->pid, 0) < 0 && errno == ESRCH) {
+  if ((kill(-p->pid, 0) < 0 && errno == ESRCH) || !group_has_live_member(p->pid)) {
     p->group_done = true;
     return false;
   }
@@ -589,7 +618,10 @@ struct proc *proc_live_head(void) {
 
 void proc_release_ud(struct proc *p) {
   p->ud_gone = true;
-  if (!p->released) proc_abandon(p);
+  if (!p->released) {
+    proc_abandon(p); /* ends in proc_maybe_release, which may free p */
+    return;
+  }
   proc_maybe_release(p);
 }
 

@@ -228,8 +228,12 @@ static int l_spawn(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, -1);
   p->ref = util_ref(L);
-  struct task *t = sched_current(L);
-  struct task *owner = sched_owner(t);
+  /* opts.owner (atom.cluster's restarts) or the nearest test or root. */
+  lua_getfield(L, 1, "owner");
+  struct task *owner = luaL_testudata(L, -1, "atom.task");
+  lua_pop(L, 1);
+  if (!owner) owner = sched_owner(sched_current(L));
+  if (owner && sched_task_done(owner)) owner = sched_owner(sched_current(L));
   if (owner && sched_task_done(owner)) owner = NULL;
   proc_owner_link(p, owner);
   if (owner)

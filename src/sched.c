@@ -1160,6 +1160,14 @@ static int l_in_test(lua_State *L) {
   return 0;
 }
 
+/* _atom.owner() -> the task that owns what the current task spawns */
+static int l_owner(lua_State *L) {
+  struct task *t = sched_owner(sched_current(L));
+  if (!t || t->status >= T_DONE) return 0;
+  push_ud(L, t);
+  return 1;
+}
+
 static int l_is_owner(lua_State *L) {
   struct task *t = sched_current(L);
   lua_pushboolean(L, t && (t->flags & (TF_TEST | TF_ROOT)));
@@ -1520,6 +1528,7 @@ void sched_register(lua_State *L) {
       {"rename", l_rename},
       {"in_test", l_in_test},
       {"is_owner", l_is_owner},
+      {"owner", l_owner},
       {"extra", l_extra},
       {"end_children", l_end_children},
       {"begin_cleanup", l_begin_cleanup},

@@ -97,63 +97,19 @@ end
 
 -- {==== spawning for the owner ====
 -- SPEC §4: a cluster's processes belong to the owner at c:start(), also when
--- c:restart(i) runs in another test. A process belongs to the owner of the
--- task that spawns it, so restarts are spawned by a helper task started by
--- c:start() (a descendant of that owner). With proc.spawn_as (a hook that
--- takes the owner explicitly; see docs/clusters.md) no helper is needed.
-
-local function helper_loop(c, h)
-  sched.name("cluster " .. c.name)
-  -- Requests still queued when the helper ends fall back to their callers.
-  sched.defer(function()
-    h.ch:close()
-    for _, req in ipairs(h.pending) do req.done:set() end
-  end)
-  for req in h.ch:iter() do
-    table.remove(h.pending, 1)
-    req.ok, req.p = pcall(proc.spawn, req.spec)
-    if req.ok then req.node.proc = req.p end -- also when the caller was cancelled meanwhile
-    req.served = true
-    req.done:set()
-  end
-end
+-- c:restart(i) runs in another test: c:start() records that owner and every
+-- (re)start spawns for it.
 
 local function spawn_for_owner(c, node, spec)
-  if c._owner and proc.spawn_as then
+  if c._owner then
     node.proc = proc.spawn_as(c._owner, spec)
-    return
+  else
+    node.proc = proc.spawn(spec) -- never started: the current owner gets it
   end
-  local h = c._helper
-  if h and h.task:status() == "running" then
-    local req = { node = node, spec = spec, done = sync.event() }
-    h.pending[#h.pending + 1] = req
-    h.ch:send(req)
-    req.done:wait()
-    if req.served then
-      if not req.ok then error(req.p, 0) end
-      return
-    end
-  end
-  node.proc = proc.spawn(spec) -- no helper left: the current owner gets it
 end
 
-local stop_owner
-
-local function start_owner(c)
-  stop_owner(c) -- a helper left from an earlier start whose nodes all exited
-  if proc.spawn_as and _atom.owner then
-    c._owner = _atom.owner()
-    return
-  end
-  local h = { ch = sync.channel(math.huge), pending = {} }
-  h.task = sched.go(helper_loop, c, h)
-  c._helper = h
-end
-
-function stop_owner(c)
-  if c._helper then c._helper.task:cancel() end
-  c._helper, c._owner = nil, nil
-end
+local function start_owner(c) c._owner = _atom.owner() end
+local function stop_owner(c) c._owner = nil end
 
 -- }====
 

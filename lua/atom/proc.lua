@@ -390,8 +390,14 @@ end
 --- Start a process; never waits. See SPEC §4 for the fields of `spec`.
 ---@param spec table argv in the array part, plus name, cwd, env, env_clear, stdin, output, critical, grace
 ---@return table process
-function M.spawn(spec)
+function M.spawn(spec) return M.spawn_as(nil, spec) end
+
+--- Start a process owned by `owner` (a task handle from _atom.owner()), not
+--- by the caller's owner (nil: the caller's): atom.cluster's restarts belong
+--- to the owner at c:start() (SPEC §4). Arguments are checked as spawn's.
+function M.spawn_as(owner, spec)
   local argv, o = parse_spec(spec, spawn_fields, "spawn", 1)
+  o.owner = owner
   local name = spec.name or default_name(argv[1])
   local log, again
   if o.output == "capture" then log, again = log_path(name) end
