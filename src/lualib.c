@@ -164,6 +164,11 @@ LUALIB_API int luaopen_atom(lua_State *L) {
   if (!lua_isnil(L, -1))
     return luaL_error(L, "require \"atom\" must come before require \"luv\" (atom opens luv on its own loop)");
   lua_pop(L, 2);
+#ifdef __SANITIZE_ADDRESS__
+  /* make check preloads the sanitizer runtimes into lua5.4 for this module;
+   * the processes the specs start must not inherit them. */
+  unsetenv("LD_PRELOAD");
+#endif
   /* Never unload: the preemption thread runs our code until the process
    * ends, and lua_close would dlclose the module under it. */
   Dl_info info;

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 export ATOMLUA_BIN="$PWD/$BUILD/atomlua"
 export ATOMLUA_CPATH="$PWD/$BUILD/?.so"
 export ATOMLUA_PORT_DIR="${ATOMLUA_PORT_DIR:-/tmp/atomlua-ports-test}"
+PRELOAD=""
 if [ -n "$ATOMLUA_SANITIZE" ]; then
-  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
-  export LD_PRELOAD
+  # Only busted gets the sanitizer runtimes preloaded (stock lua5.4 loading an
+  # ASan-built atom.so); the compiler and the C tests must not.
+  PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:detect_odr_violation=0"
   export LSAN_OPTIONS="suppressions=$PWD/tools/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -34,7 +36,7 @@ fi
 # busted in TAP form, so the totals can be counted for the closing line.
 tap="$BUILD/busted.tap"
 # BUSTED_EXTRA: e.g. --exclude-tags=stress for the aggressive-GC pass.
-busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o TAP $BUSTED_EXTRA spec </dev/null >"$tap" 2>&1 || status=1
+LD_PRELOAD="$PRELOAD" busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o TAP $BUSTED_EXTRA spec </dev/null >"$tap" 2>&1 || status=1
 grep -v '^ok ' "$tap" || true
 passed=$((passed + $(grep -c '^ok ' "$tap" || true)))
 failed=$((failed + $(grep -c '^not ok ' "$tap" || true)))
