@@ -578,6 +578,29 @@ static void notify_finished(struct task *t) {
   }
 }
 
+/* A failing unjoined child's error becomes its parent's: keep, in the
+ * parent's notes, which task failed and its traceback (a string error
+ * carries neither), for the report. */
+static void keep_child_evidence(lua_State *L, struct task *child, struct task *parent) {
+  push_ud(L, child);
+  lua_getiuservalue(L, -1, UV_EXTRA); /* [ud, extra|nil] */
+  push_ud(L, parent);
+  lua_getiuservalue(L, -1, UV_EXTRA); /* [ud, cx, pud, px] */
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, -3, UV_EXTRA);
+  }
+  push_name(L, -4, child);
+  lua_setfield(L, -2, "child_task");
+  if (lua_istable(L, -3)) {
+    lua_getfield(L, -3, "traceback");
+    lua_setfield(L, -2, "child_traceback");
+  }
+  lua_pop(L, 4);
+}
+
 /* The task's trampoline returned: [ok, results...] (nres values) on t->co. */
 static void settle(struct task *t, int nres, bool ok) {
   lua_State *co = t->co;
@@ -623,6 +646,7 @@ static void settle(struct task *t, int nres, bool ok) {
       lua_pushvalue(S.L, -1);
       set_uv_top(S.L, parent, UV_OVERRIDE);
       parent->has_override = true;
+      keep_child_evidence(S.L, t, parent);
       push_reason(S.L, "cancelled: a child task failed");
       lua_insert(S.L, -2);
       lua_setfield(S.L, -2, "child_error");

@@ -132,26 +132,35 @@ local function entry(r)
   return { result = r.result }
 end
 
+-- The last request and reply bodies of call(), for the failure report's
+-- "last RPC" (private _request/_response event fields; no copies made).
+local last_request, last_reply
+
 -- Run fn(...) emitting an rpc event when someone listens.
 local function with_event(url, method, fn, ...)
   if not events.active("rpc") then return fn(...) end
   local t0 = now()
+  last_request, last_reply = nil, nil
   local res = table.pack(pcall(fn, ...))
   if not res[1] then
     local err = res[2]
     if not (errors.is(err, "cancelled") or errors.is(err, "usage")) then
-      events.emit("rpc", { url = url, method = method, duration = now() - t0, error = err })
+      events.emit("rpc", { url = url, method = method, duration = now() - t0, error = err,
+        _request = last_request, _response = last_reply })
     end
     error(err, 0)
   end
-  events.emit("rpc", { url = url, method = method, duration = now() - t0 })
+  events.emit("rpc", { url = url, method = method, duration = now() - t0,
+    _request = last_request, _response = last_reply })
   return table.unpack(res, 2, res.n)
 end
 
 local function call(url, method, params, timeout, headers, flags, proxy)
   last_id = last_id + 1
   local body = request_json(last_id, method, params)
+  last_request = body
   local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy, desc_of(url, method))
+  last_reply = rbody
   local ok, doc = pcall(decode, rbody)
   if not ok or type(doc) ~= "table" then bad_reply(url, method, "reply is not JSON", status, rbody) end
   -- Over HTTP the reply belongs to this request, so its id is not checked

@@ -37,9 +37,10 @@ local function fmt_secs(s) return ("%.14gs"):format(s) end
 local function failure_fields(ev, err, task)
   ev._error = err
   ev._where = errors.is(err) and err.where or nil
-  ev._task = errors.is(err) and err.task or (task and _atom.task_name(task)) or nil
   local x = task and _atom.extra(false, task)
-  ev._traceback = errors.is(err) and err.traceback or (x and x.traceback) or nil
+  -- an unjoined child's string error: the child is the task that failed
+  ev._task = errors.is(err) and err.task or (x and x.child_task) or (task and _atom.task_name(task)) or nil
+  ev._traceback = errors.is(err) and err.traceback or (x and (x.child_traceback or x.traceback)) or nil
   ev._cleanup_errors = x and x.cleanup_errors or nil
   if task then ev._tails = M.collect_tails(task) end
   local kind = errors.is(err) and err.kind or "error"

@@ -102,6 +102,8 @@ describe("exit status", function()
     ]] })
     assert.equals(1, r.code)
     assert.matches("✗ leaks a failure %([%d.]+s%)\n  [^\n]*:2: background broke\n", r.out)
+    assert.matches("task: leaks a failure/go1\n", r.out) -- the task that failed, with its traceback
+    assert.matches("traceback:\n    [^\n]*:2: in function", r.out)
     assert.equals("0 passed, 1 failed", last_line(r.out))
   end)
 

@@ -115,7 +115,8 @@ end
 local function strings(list)
   local out = {}
   if type(list) == "table" then
-    for _, v in ipairs(list) do out[#out + 1] = tostring(v) end
+    -- errors copied from a scenario's Lua state carry their text in _str
+    for _, v in ipairs(list) do out[#out + 1] = type(v) == "table" and v._str or tostring(v) end
   end
   return out
 end
