@@ -166,7 +166,10 @@ LUALIB_API int luaopen_atom(lua_State *L) {
   lua_pop(L, 2);
 #ifdef __SANITIZE_ADDRESS__
   /* make check preloads the sanitizer runtimes into lua5.4 for this module;
-   * the processes the specs start must not inherit them. */
+   * the processes the specs start must not inherit them. Specs that start
+   * another lua5.4 with this module put it back from ATOMLUA_SAN_PRELOAD. */
+  const char *pre = getenv("LD_PRELOAD");
+  if (pre) setenv("ATOMLUA_SAN_PRELOAD", pre, 1);
   unsetenv("LD_PRELOAD");
 #endif
   /* Never unload: the preemption thread runs our code until the process

@@ -136,7 +136,7 @@ describe("no orphans", function()
       end)
     ]]):format(cpath, FIX .. "family.sh", tag, dir .. "/ready"))
     f:close()
-    local pid = assert(tonumber((sh(("lua5.4 %s >/dev/null 2>&1 & echo $!"):format(script)))))
+    local pid = assert(tonumber((sh(("LD_PRELOAD=\"$ATOMLUA_SAN_PRELOAD\" lua5.4 %s >/dev/null 2>&1 & echo $!"):format(script)))))
     for _ = 1, 200 do
       if io.open(dir .. "/ready") then break end
       sleep(0.05)

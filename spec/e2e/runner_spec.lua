@@ -418,7 +418,7 @@ describe("run directory", function()
         io.open(kept .. "/logs/n.log"):read("a"))
       os.execute("rm -rf '" .. kept .. "'")
     ]]
-    local code, out = sh("lua5.4 " .. q(script))
+    local code, out = sh("LD_PRELOAD=\"$ATOMLUA_SAN_PRELOAD\" lua5.4 " .. q(script))
     assert.equals(0, code, out)
     assert.matches("ok%-run\t[^\t]+\ttrue", out)
     assert.matches("err%-run\t[^\t]+\ttrue\t[^\n]*logged", out)
