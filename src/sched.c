@@ -1470,32 +1470,59 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-/* _atom.tasks() -> list of {name=, waiting=, since=, where=} for every
- * unfinished task (failure forensics and the live status line). */
-static int l_tasks(lua_State *L) {
-  lua_createtable(L, S.live, 0);
-  int i = 0;
-  for (struct task *t = S.all_head; t; t = t->all_next) {
-    lua_createtable(L, 0, 5);
-    sched_task_name(L, t);
-    lua_setfield(L, -2, "name");
-    lua_pushboolean(L, (t->flags & TF_TEST) != 0);
-    lua_setfield(L, -2, "test");
-    if (t->wait) {
-      push_desc(L, t);
-      lua_setfield(L, -2, "waiting");
-      lua_pushnumber(L, t->wait_since);
-      lua_setfield(L, -2, "since");
-      char where[512];
-      if (util_where(t->co, where, sizeof where)) {
-        lua_pushstring(L, where);
-        lua_setfield(L, -2, "where");
-      }
-    }
-    push_ud(L, t);
-    lua_setfield(L, -2, "task");
-    lua_rawseti(L, -2, ++i);
+/* One entry of _atom.tasks for t (a task waiting on something). */
+static void push_task_info(lua_State *L, struct task *t) {
+  lua_createtable(L, 0, 5);
+  sched_task_name(L, t);
+  lua_setfield(L, -2, "name");
+  lua_pushboolean(L, (t->flags & TF_TEST) != 0);
+  lua_setfield(L, -2, "test");
+  push_desc(L, t);
+  lua_setfield(L, -2, "waiting");
+  lua_pushnumber(L, t->wait_since);
+  lua_setfield(L, -2, "since");
+  char where[512];
+  if (util_where(t->co, where, sizeof where)) {
+    lua_pushstring(L, where);
+    lua_setfield(L, -2, "where");
   }
+  push_ud(L, t);
+  lua_setfield(L, -2, "task");
+}
+
+/* Is t waiting on something of its own (not just on its children)? */
+static bool waits_itself(struct task *t) { return t->wait && !t->wait->uninterruptible; }
+
+static int collect_under(lua_State *L, struct task *t, int n, int limit) {
+  for (struct task *c = t->child_head; c && n < limit; c = c->sib_next) {
+    if (waits_itself(c)) {
+      push_task_info(L, c);
+      lua_rawseti(L, -2, ++n);
+    }
+    n = collect_under(L, c, n, limit);
+  }
+  return n;
+}
+
+/* _atom.tasks([under [, limit]]) -> list of {name=, waiting=, since=, where=,
+ * test=, task=} for unfinished tasks that wait on something themselves
+ * (failure forensics): all of them, or the descendants of task `under`, at
+ * most `limit` (the list is newest first). Names and places cost, so callers
+ * that note a few tasks say how many. */
+static int l_tasks(lua_State *L) {
+  struct task *under = lua_isnoneornil(L, 1) ? NULL : check_task(L, 1, "tasks");
+  int limit = (int)luaL_optinteger(L, 2, INT32_MAX);
+  lua_newtable(L);
+  if (under) {
+    collect_under(L, under, 0, limit);
+    return 1;
+  }
+  int n = 0;
+  for (struct task *t = S.all_head; t && n < limit; t = t->all_next)
+    if (waits_itself(t)) {
+      push_task_info(L, t);
+      lua_rawseti(L, -2, ++n);
+    }
   return 1;
 }
 

@@ -65,13 +65,11 @@ local function note(key, t, now)
 end
 
 -- Waiting tasks, oldest first, without those that only wait for their own
--- children (that says nothing the children's notes do not).
-local function waiting_tasks()
-  local out, tasks = {}, _atom.tasks()
-  for i = #tasks, 1, -1 do -- the scheduler lists the newest first
-    local w = tasks[i].waiting
-    if w and w ~= "children" then out[#out + 1] = tasks[i] end
-  end
+-- children (that says nothing the children's notes do not): all of them, or
+-- at most `limit` descendants of task `under`.
+local function waiting_tasks(under, limit)
+  local out, tasks = {}, _atom.tasks(under, limit)
+  for i = #tasks, 1, -1 do out[#out + 1] = tasks[i] end -- the scheduler lists the newest first
   return out
 end
 
@@ -95,7 +93,9 @@ end
 function M.note_cancelling(prefix)
   local key = _atom.in_test() or M.SCENARIO
   local now = _atom.now()
-  for _, t in ipairs(waiting_tasks()) do
+  -- the caller's descendants, and only as many as can be noted: a gather of
+  -- 10,000 tasks must not pay for 10,000 names and places
+  for _, t in ipairs(waiting_tasks(_atom.current(), MAX_NOTES + 1)) do
     if t.name:sub(1, #prefix) == prefix then note(key, t, now) end
   end
 end
