@@ -1,0 +1,99 @@
+/* sched.h — the scheduler's private parts, shared by sched.c (tasks, waits,
+ * cancellation, the resume loop) and sched_lua.c (its Lua bindings). The
+ * rest of the host uses atom.h only. */
+#ifndef ATOM_SCHED_H
+#define ATOM_SCHED_H
+
+#include "atom.h"
+
+/* Uservalue slots of a task userdata. */
+enum { UV_THREAD = 1, UV_NAME, UV_WAITMEM, UV_DESC, UV_CANCEL, UV_EXTRA, UV_OVERRIDE, UV_GROUP, UV_COUNT };
+
+enum status { T_NEW, T_RUNNING, T_DONE, T_FAILED, T_CANCELLED };
+extern const char *const sched_status_names[]; /* by enum status */
+
+enum { TF_SHIELD = 1, TF_TEST = 2, TF_ROOT = 4 };
+
+struct group;
+
+struct task {
+  lua_State *co;
+  int ref; /* to the userdata while unfinished (invariant 3) */
+  enum status status;
+  unsigned flags;
+  struct task *parent, *child_head, *sib_prev, *sib_next;
+  struct task *all_prev, *all_next; /* every unfinished task */
+  struct task *ready_next;
+  bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
+  bool wake_error, has_override, awaiting_children;
+  bool returned; /* its function has returned or raised (trampoline step 2 began) */
+  int wake_nres;            /* values queued for the next resume */
+  int resumed_nres;         /* values the current resume brought (for continuations) */
+  struct wait *wait;
+  double wait_timeout, wait_since;
+  struct timer wait_timer, deadline, grace;
+  double deadline_secs, grace_secs;
+  bool grace_abandon_phase;
+  struct group *group;      /* structured wait this task belongs to */
+  struct group *waiting_group; /* the group whose members it awaits in group_next */
+  struct task *group_next;  /* in the group's finished list */
+  int group_index;          /* 1-based spawn order within the group */
+  int park_seq;             /* token of the current park, for stale unparks */
+  struct wait own_wait;     /* sleep and park need no memory of their own */
+  struct joiner *joiners;   /* tasks waiting in t:join() */
+  int go_count;
+  int name_n;               /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
+  bool name_go;
+  void *procs;              /* the proc module's list head */
+};
+
+struct group {
+  int running, spawned;
+  struct task *done_head, *done_tail;
+  struct wait *waiting; /* the owner's wait in group_next, or NULL */
+};
+
+struct joiner {
+  struct wait w;
+  struct task *target;
+  struct joiner *next;
+};
+
+struct sched_state {
+  lua_State *L;               /* the state callbacks build values on */
+  struct task *current;       /* the task inside lua_resume, or NULL */
+  struct task *root;
+  struct task *ready_head, *ready_tail;
+  struct task *all_head;
+  int live;
+  int trampoline_ref;
+  uv_idle_t idle;
+  uv_check_t check;
+  bool handles_ready;
+  bool stop_draining;
+  bool in_drain;
+  double default_grace; /* --grace */
+};
+extern struct sched_state sched_state;
+
+
+/* Internals used by the bindings (sched.c). */
+void sched_push_ud(lua_State *L, struct task *t);          /* an unfinished task's userdata */
+void sched_push_name(lua_State *L, int ud, struct task *t); /* builds a lazy name once */
+void sched_set_uv_top(lua_State *L, struct task *t, int slot); /* [value] -> [] */
+void sched_push_reason(lua_State *L, const char *message);
+void sched_format_secs(char *buf, size_t n, double s);
+struct wait *sched_own_wait(struct task *t, const char *what, bool uninterruptible);
+int sched_wait_k(lua_State *L, int status, lua_KContext ctx);
+int sched_wait_with_k(lua_State *L, struct wait *w, double timeout, int desc_idx, lua_KFunction k);
+struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsigned flags);
+void sched_cancel_tree(lua_State *L, struct task *t, int reason, bool force);
+void sched_arm_grace(struct task *t);
+void sched_grace_cb(struct timer *tm);
+void sched_abandon(struct task *t);
+int sched_push_outcome(lua_State *L, struct task *t);
+int sched_run(lua_State *L);
+void sched_push_desc(lua_State *L, struct task *t); /* what t waits for */
+int sched_open_handles(void);
+
+#endif
