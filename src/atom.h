@@ -36,7 +36,7 @@ void runtime_close_handles(void);
 /* {==== timers (timer.c): one uv_timer_t over a binary heap of deadlines ==== */
 
 struct timer {
-  uint64_t due; /* uv_now() milliseconds */
+  uint64_t due; /* uv_hrtime() nanoseconds */
   uint64_t seq; /* ties break in start order */
   int slot;     /* index in the heap, -1 when stopped */
   void (*cb)(struct timer *);
@@ -46,7 +46,7 @@ void timer_init(struct timer *t); /* stopped state; call before first use */
 void timer_start(struct timer *t, double secs, void (*cb)(struct timer *));
 void timer_stop(struct timer *t); /* idempotent */
 static inline bool timer_active(const struct timer *t) { return t->slot >= 0; }
-uint64_t timer_next_due(void); /* earliest due time, UINT64_MAX when empty */
+uint64_t timer_next_due(void); /* earliest due time (uv_hrtime ns), UINT64_MAX when empty */
 int timer_count(void);
 void timer_shutdown(void); /* close the uv timer (end of process / module) */
 

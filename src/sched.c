@@ -30,7 +30,7 @@
 #include <time.h>
 
 #include "atom.h"
-#include "sched.h"
+#include "task.h"
 
 const char *const sched_status_names[] = {"running", "running", "done", "failed", "cancelled"};
 struct sched_state sched_state = {.trampoline_ref = LUA_NOREF, .default_grace = 10};
@@ -718,7 +718,7 @@ static void *preempt_main(void *arg) {
     nanosleep(&ts, NULL);
     if (sched_watchdog_hook) sched_watchdog_hook();
     uint64_t due = timer_next_due();
-    bool overdue = due != UINT64_MAX && uv_hrtime() / 1000000 > due + 50;
+    bool overdue = due != UINT64_MAX && uv_hrtime() > due + 50 * 1000000ull;
     if (overdue || sched_urgent) sched_preempt_if_running_longer(100);
   }
   return NULL;

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "atom.h"
-#include "sched.h"
+#include "task.h"
 
 /* {==== Lua bindings: tasks ==== */
 

@@ -61,8 +61,11 @@ static void rearm(void) {
   }
   uint64_t due = heap[0]->due;
   if (due == armed_due && uv_is_active((uv_handle_t *)&uv_timer)) return;
-  uint64_t now = uv_now(atom_loop);
-  uv_timer_start(&uv_timer, timer_fire_cb, due > now ? due - now : 0, 0);
+  uint64_t now = uv_hrtime();
+  /* libuv counts whole milliseconds on a coarse clock: round up, and let
+   * timer_fire_cb re-arm if it still came early. */
+  uint64_t ms = due > now ? (due - now + 999999) / 1000000 : 0;
+  uv_timer_start(&uv_timer, timer_fire_cb, ms, 0);
   armed_due = due;
 }
 
@@ -80,13 +83,11 @@ void timer_start(struct timer *t, double secs, void (*cb)(struct timer *)) {
     heap = realloc(heap, sizeof *heap * (size_t)heap_cap);
     if (!heap) abort();
   }
-  /* Round up to whole milliseconds so a timer never fires early. */
+  /* Round up to whole milliseconds; deadlines are kept in nanoseconds of
+   * uv_hrtime (atom.now's clock), so a timer never fires early. */
   double ms = secs * 1000.0;
   uint64_t delay = ms <= 0 ? 0 : (uint64_t)ms + ((double)(uint64_t)ms < ms);
-  /* The loop's cached time may be stale (a long resume): refresh it, so a
-   * sleep never ends early. */
-  uv_update_time(atom_loop);
-  t->due = uv_now(atom_loop) + delay;
+  t->due = uv_hrtime() + delay * 1000000;
   t->seq = next_seq++;
   t->cb = cb;
   place(heap_len++, t);
@@ -110,7 +111,7 @@ void timer_stop(struct timer *t) {
 static void timer_fire_cb(uv_timer_t *h) {
   (void)h;
   armed_due = UINT64_MAX;
-  uint64_t now = uv_now(atom_loop);
+  uint64_t now = uv_hrtime();
   while (heap_len > 0 && heap[0]->due <= now) {
     struct timer *t = heap[0];
     timer_stop(t);

@@ -1,8 +1,8 @@
-/* sched.h — the scheduler's private parts, shared by sched.c (tasks, waits,
+/* task.h — the scheduler's private parts, shared by sched.c (tasks, waits,
  * cancellation, the resume loop) and sched_lua.c (its Lua bindings). The
  * rest of the host uses atom.h only. */
-#ifndef ATOM_SCHED_H
-#define ATOM_SCHED_H
+#ifndef ATOM_TASK_H
+#define ATOM_TASK_H
 
 #include "atom.h"
 
