@@ -3,33 +3,8 @@
 -- Not ./lua/?/init.lua: other specs load the real `atom` from build/atom.so.
 package.path = "./lua/?.lua;" .. package.path
 
--- atom.json is C code in the binary; outside it, stand in with lua-cjson and
--- the same decoding rules (integral numbers within 2^53 become integers, null is
--- cjson.null, errors have kind "json"). Set in package.loaded, which busted
--- restores after this file, so other spec files never see it.
-if not pcall(require, "atom.json") then
-  local cjson = require("cjson")
-  local errors = require("atom.errors")
-  local function fix(v)
-    if type(v) == "number" then
-      if v == math.floor(v) and math.abs(v) <= 2 ^ 53 then return math.tointeger(v) end
-      return v
-    end
-    if type(v) == "table" then
-      for k, x in pairs(v) do v[k] = fix(x) end
-    end
-    return v
-  end
-  package.loaded["atom.json"] = {
-    null = cjson.null,
-    encode = cjson.encode,
-    decode = function(s)
-      local ok, v = pcall(cjson.decode, s)
-      if not ok then errors.raise("json", tostring(v)) end
-      return fix(v)
-    end,
-  }
-end
+-- atom.json is the real C module: spec/support/helper.lua loads build/atom.so
+-- before any spec, and its package.preload has every embedded module.
 
 local A = require("atom.assert")
 local itf = require("atom.itf")
