@@ -33,7 +33,7 @@
 #include "task.h"
 
 const char *const sched_status_names[] = {"running", "running", "done", "failed", "cancelled"};
-struct sched_state sched_state = {.trampoline_ref = LUA_NOREF, .default_grace = 10};
+struct sched_state sched_state = {.handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
 
 /* Preemption (see watchdog in main.c): the task running too long while a
  * deadline is overdue yields from a count hook. */
@@ -236,10 +236,15 @@ struct task *sched_enter(lua_State *L, const char *fname) {
   return t;
 }
 
+static void push_extra(lua_State *L, struct task *t);
+
+/* Kept in the task's notes, so tasks that never need it pay nothing. */
 void *sched_wait_alloc(lua_State *L, struct task *t, size_t size) {
+  push_extra(L, t);
   void *mem = lua_newuserdatauv(L, size, 0);
   memset(mem, 0, size);
-  sched_set_uv_top(L, t, UV_WAITMEM);
+  lua_setfield(L, -2, "waitmem");
+  lua_pop(L, 1);
   return mem;
 }
 
@@ -347,14 +352,43 @@ static void unlink_task(struct task *t) {
     if (t->sib_next) t->sib_next->sib_prev = t->sib_prev;
   }
   t->sib_prev = t->sib_next = NULL;
-  if (t->all_prev)
-    t->all_prev->all_next = t->all_next;
-  else
-    sched_state.all_head = t->all_next;
-  if (t->all_next) t->all_next->all_prev = t->all_prev;
-  t->all_prev = t->all_next = NULL;
   sched_state.live--;
 }
+
+/* {==== the body of every task's coroutine ====
+ * task_body runs the task's function under lua_pcallk *inside* the
+ * coroutine, so its <close> variables unwind where they may still wait
+ * (Lua 5.4.4), with lua/atom/task.lua's message handler; then task.lua's
+ * finish(ok, ...) does the end of the task (children, defers, processes) and
+ * returns ok, results... for settle(). In C, the coroutine needs one call
+ * frame less than a Lua trampoline around xpcall. */
+
+static int body_done_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L); /* finish's ok, results... */
+}
+
+static int body_finish_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  /* [handler, results...] or [handler, error] */
+  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
+  lua_replace(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sched_state.finish_ref);
+  lua_insert(L, 1); /* [finish, ok, results...] */
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, body_done_k);
+  return lua_gettop(L);
+}
+
+static int task_body(lua_State *L) {
+  int nargs = lua_gettop(L) - 1; /* [fn, args...] */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sched_state.handler_ref);
+  lua_insert(L, 1); /* [handler, fn, args...] */
+  int st = lua_pcallk(L, nargs, LUA_MULTRET, 1, 0, body_finish_k);
+  return body_finish_k(L, st, 0);
+}
+
+/* }==== */
 
 /* [fn, args...] (nargs values) on L -> pushes the new task's userdata. */
 struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsigned flags) {
@@ -362,8 +396,7 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   memset(t, 0, sizeof *t);
   t->ref = LUA_NOREF;
   timer_init(&t->wait_timer);
-  timer_init(&t->deadline);
-  timer_init(&t->grace);
+  timer_init(&t->phase);
   luaL_setmetatable(L, "atom.task");
   t->flags = flags;
   t->grace_secs = parent ? parent->grace_secs : sched_state.default_grace;
@@ -371,16 +404,12 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   t->co = co;
   lua_setiuservalue(L, -2, UV_THREAD);
   lua_insert(L, -(nargs + 2)); /* [ud, fn, args] */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, sched_state.trampoline_ref);
-  lua_xmove(L, co, 1);
-  lua_xmove(L, co, nargs + 1); /* co: [trampoline, fn, args] */
+  lua_pushcfunction(co, task_body);
+  lua_xmove(L, co, nargs + 1); /* co: [task_body, fn, args] */
   t->wake_nres = nargs + 1;
   lua_pushvalue(L, -1);
   t->ref = util_ref(L);
   link_child(parent, t);
-  t->all_next = sched_state.all_head;
-  if (sched_state.all_head) sched_state.all_head->all_prev = t;
-  sched_state.all_head = t;
   sched_state.live++;
   /* Inherit a pending cancellation: a task started by a cancelled task is
    * cancelled too (it will never run). */
@@ -397,7 +426,11 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
 void sched_grace_cb(struct timer *tm);
 
 void sched_arm_grace(struct task *t) {
-  if (!timer_active(&t->grace) && !t->grace_abandon_phase) timer_start(&t->grace, t->grace_secs, sched_grace_cb);
+  /* Once cancelled, the deadline no longer matters: the timer becomes the grace. */
+  if (!t->grace_armed && !t->grace_abandon_phase) {
+    t->grace_armed = true;
+    timer_start(&t->phase, t->grace_secs, sched_grace_cb);
+  }
 }
 
 /* reason: stack index on L of {message=, child_error=}. */
@@ -424,7 +457,7 @@ void sched_push_reason(lua_State *L, const char *message) {
  * processes, note the timeout; one second later, abandon. */
 void sched_abandon(struct task *t);
 void sched_grace_cb(struct timer *tm) {
-  struct task *t = container_of(tm, struct task, grace);
+  struct task *t = container_of(tm, struct task, phase);
   if (t->status >= T_DONE) return;
   if (t->grace_abandon_phase) {
     sched_abandon(t);
@@ -453,7 +486,7 @@ void sched_grace_cb(struct timer *tm) {
   lua_pop(sched_state.L, 3);
   if (t->flags & (TF_TEST | TF_ROOT)) proc_kill_owned(t);
   interrupt(t);
-  timer_start(&t->grace, 1.0, sched_grace_cb);
+  timer_start(&t->phase, 1.0, sched_grace_cb);
 }
 
 /* Give up on a task that keeps running past its grace: close its pending
@@ -513,6 +546,38 @@ static void notify_finished(struct task *t) {
   }
 }
 
+/* Push t's notes table (UV_EXTRA), creating it. */
+static void push_extra(lua_State *L, struct task *t) {
+  sched_push_ud(L, t);
+  if (lua_getiuservalue(L, -1, UV_EXTRA) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, -3, UV_EXTRA);
+  }
+  lua_remove(L, -2);
+}
+
+/* The error on top of L becomes t's outcome whatever its body does: an
+ * unjoined child's or a critical process's failure (kept in its notes). */
+static void set_override(lua_State *L, struct task *t) {
+  push_extra(L, t);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "override");
+  lua_pop(L, 1);
+  t->has_override = true;
+}
+
+/* Every unfinished task in preorder: the root, then its descendants (all
+ * tasks descend from the root). Pass NULL to start. */
+struct task *sched_next_task(struct task *t) {
+  if (!t) return sched_state.root && sched_state.root->status < T_DONE ? sched_state.root : NULL;
+  if (t->child_head) return t->child_head;
+  for (; t; t = t->parent)
+    if (t->sib_next) return t->sib_next;
+  return NULL;
+}
+
 /* A failing unjoined child's error becomes its parent's: keep, in the
  * parent's notes, which task failed and its traceback (a string error
  * carries neither), for the report. */
@@ -540,12 +605,11 @@ static void keep_child_evidence(lua_State *L, struct task *child, struct task *p
 static void settle(struct task *t, int nres, bool ok) {
   lua_State *co = t->co;
   timer_stop(&t->wait_timer);
-  timer_stop(&t->deadline);
-  timer_stop(&t->grace);
+  timer_stop(&t->phase);
   if (t->has_override) { /* an unjoined child's or a critical process's error wins */
     lua_settop(co, 0);
-    sched_push_ud(co, t);
-    lua_getiuservalue(co, -1, UV_OVERRIDE);
+    push_extra(co, t);
+    lua_getfield(co, -1, "override");
     lua_remove(co, -2);
     ok = false;
     nres = 1;
@@ -578,9 +642,7 @@ static void settle(struct task *t, int nres, bool ok) {
     if (!parent->has_override) {
       lua_pushvalue(co, -1);
       lua_xmove(co, sched_state.L, 1);
-      lua_pushvalue(sched_state.L, -1);
-      sched_set_uv_top(sched_state.L, parent, UV_OVERRIDE);
-      parent->has_override = true;
+      set_override(sched_state.L, parent);
       keep_child_evidence(sched_state.L, t, parent);
       sched_push_reason(sched_state.L, "cancelled: a child task failed");
       lua_insert(sched_state.L, -2);
@@ -601,11 +663,7 @@ void sched_fail(lua_State *L, struct task *owner) {
     lua_pop(L, 1);
     return;
   }
-  if (!owner->has_override) {
-    lua_pushvalue(L, -1);
-    sched_set_uv_top(L, owner, UV_OVERRIDE);
-    owner->has_override = true;
-  }
+  if (!owner->has_override) set_override(L, owner);
   sched_push_reason(L, "cancelled");
   lua_getfield(L, -2, "message");
   lua_pushfstring(L, "cancelled: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "failure");
@@ -798,7 +856,7 @@ static void push_waiting_report(lua_State *L) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "deadlock: every task waits for something only another task could provide");
-  for (struct task *t = sched_state.all_head; t; t = t->all_next) {
+  for (struct task *t = sched_next_task(NULL); t; t = sched_next_task(t)) {
     if (!t->wait) continue;
     char where[512];
     const char *at = util_where(t->co, where, sizeof where);
@@ -819,7 +877,7 @@ static void break_deadlock(lua_State *L) {
   int msg = lua_gettop(L);
   int hit = 0;
   for (int pass = 0; pass < 2 && !hit; pass++) {
-    for (struct task *t = sched_state.all_head; t; t = t->all_next) {
+    for (struct task *t = sched_next_task(NULL); t; t = sched_next_task(t)) {
       if (pass == 0 ? !(t->flags & TF_TEST) : t != sched_state.root) continue;
       lua_pushvalue(L, msg);
       util_push_error(L, "deadlock", "%s", lua_tostring(L, -1));
@@ -906,11 +964,10 @@ int sched_open_handles(void) {
  * scenario file). */
 void sched_reset(void);
 void sched_reset(void) {
-  sched_state.trampoline_ref = LUA_NOREF;
+  sched_state.handler_ref = sched_state.finish_ref = LUA_NOREF;
   sched_state.root = NULL;
   sched_state.current = NULL;
   sched_state.ready_head = sched_state.ready_tail = NULL;
-  sched_state.all_head = NULL;
   sched_state.live = 0;
 }
 

@@ -56,13 +56,13 @@ static int l_spawn(lua_State *L) {
   }
   if (deadline >= 0) {
     t->deadline_secs = deadline;
-    timer_start(&t->deadline, deadline, deadline_cb);
+    if (!t->cancel_pending) timer_start(&t->phase, deadline, deadline_cb); /* else: grace runs */
   }
   return 1;
 }
 
 static void deadline_cb(struct timer *tm) {
-  struct task *t = container_of(tm, struct task, deadline);
+  struct task *t = container_of(tm, struct task, phase);
   t->deadline_expired = true;
   char buf[64];
   sched_format_secs(buf, sizeof buf, t->deadline_secs);
@@ -422,9 +422,8 @@ static int l_raise_grace(lua_State *L) {
   struct task *t = current_or_root();
   if (t && secs > t->grace_secs) {
     t->grace_secs = secs;
-    if (timer_active(&t->grace) && !t->grace_abandon_phase) {
-      timer_stop(&t->grace);
-      timer_start(&t->grace, secs, sched_grace_cb); /* counted anew: simple and never shorter */
+    if (t->grace_armed && timer_active(&t->phase) && !t->grace_abandon_phase) {
+      timer_start(&t->phase, secs, sched_grace_cb); /* counted anew: simple and never shorter */
     }
   }
   return 0;
@@ -561,7 +560,7 @@ static int l_tasks(lua_State *L) {
     return 1;
   }
   int n = 0;
-  for (struct task *t = sched_state.all_head; t && n < limit; t = t->all_next)
+  for (struct task *t = sched_next_task(NULL); t && n < limit; t = sched_next_task(t))
     if (waits_itself(t)) {
       push_task_info(L, t);
       lua_rawseti(L, -2, ++n);
@@ -569,11 +568,16 @@ static int l_tasks(lua_State *L) {
   return 1;
 }
 
+/* _atom.set_trampoline(handler, finish): the message handler and the end
+ * of every task's body (lua/atom/task.lua); they live as long as the state. */
 static int l_set_trampoline(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  if (sched_state.trampoline_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, sched_state.trampoline_ref);
-  sched_state.trampoline_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* lives as long as the state */
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  if (sched_state.finish_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, sched_state.finish_ref);
+  if (sched_state.handler_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, sched_state.handler_ref);
+  sched_state.finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  sched_state.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 

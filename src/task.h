@@ -7,7 +7,7 @@
 #include "atom.h"
 
 /* Uservalue slots of a task userdata. */
-enum { UV_THREAD = 1, UV_NAME, UV_WAITMEM, UV_DESC, UV_CANCEL, UV_EXTRA, UV_OVERRIDE, UV_GROUP, UV_COUNT };
+enum { UV_THREAD = 1, UV_NAME, UV_DESC, UV_CANCEL, UV_EXTRA, UV_GROUP, UV_COUNT };
 
 enum status { T_NEW, T_RUNNING, T_DONE, T_FAILED, T_CANCELLED };
 extern const char *const sched_status_names[]; /* by enum status */
@@ -22,7 +22,6 @@ struct task {
   enum status status;
   unsigned flags;
   struct task *parent, *child_head, *sib_prev, *sib_next;
-  struct task *all_prev, *all_next; /* every unfinished task */
   struct task *ready_next;
   bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
   bool wake_error, has_override, awaiting_children;
@@ -31,7 +30,9 @@ struct task {
   int resumed_nres;         /* values the current resume brought (for continuations) */
   struct wait *wait;
   double wait_timeout, wait_since;
-  struct timer wait_timer, deadline, grace;
+  struct timer wait_timer;
+  struct timer phase;        /* the deadline (atom.timeout, tests) until cancelled, then the grace */
+  bool grace_armed;
   double deadline_secs, grace_secs;
   bool grace_abandon_phase;
   struct group *group;      /* structured wait this task belongs to */
@@ -64,9 +65,8 @@ struct sched_state {
   struct task *current;       /* the task inside lua_resume, or NULL */
   struct task *root;
   struct task *ready_head, *ready_tail;
-  struct task *all_head;
   int live;
-  int trampoline_ref;
+  int handler_ref, finish_ref; /* lua/atom/task.lua's, for task_body */
   uv_idle_t idle;
   uv_check_t check;
   bool handles_ready;
@@ -95,5 +95,6 @@ int sched_push_outcome(lua_State *L, struct task *t);
 int sched_run(lua_State *L);
 void sched_push_desc(lua_State *L, struct task *t); /* what t waits for */
 int sched_open_handles(void);
+struct task *sched_next_task(struct task *t); /* preorder walk of unfinished tasks */
 
 #endif

@@ -1,8 +1,8 @@
--- atom.task: the body every task's coroutine runs (the trampoline), i.e.
--- SPEC §3 "How a task ends" steps 1–4; step 5 (settling the outcome and
--- waking joiners) is the scheduler's, in src/sched.c.
--- The task's function runs under xpcall *inside* the coroutine, so its
--- <close> variables unwind where they may still wait (Lua 5.4.4).
+-- atom.task: how every task's body ends, SPEC §3 "How a task ends" steps
+-- 2–4. src/sched.c's task_body runs the task's function under `handler`
+-- *inside* the coroutine (so its <close> variables unwind where they may
+-- still wait, Lua 5.4.4: step 1), then calls `finish`; step 5 (settling the
+-- outcome and waking joiners) is the scheduler's.
 local _atom = require "_atom"
 local errors = require "atom.errors"
 
@@ -72,6 +72,7 @@ local function finish(ok, ...)
   return table.unpack(res, 1, res.n)
 end
 
-_atom.set_trampoline(function(fn, ...) return finish(xpcall(fn, handler, ...)) end)
+-- src/sched.c's task_body calls fn under handler, then finish(ok, ...).
+_atom.set_trampoline(handler, finish)
 
 return M
