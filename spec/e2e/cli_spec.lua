@@ -2,7 +2,7 @@
 local cli = require "support.cli"
 local S = cli.scenario
 
-local function last_line(s) return s:match("([^\n]*)\n?$") end
+local last_line = cli.last_line
 
 describe("atomlua run", function()
   it("exits 0 on success and ends with the seed line and the closing line", function()

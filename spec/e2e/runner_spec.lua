@@ -5,24 +5,11 @@
 local cli = require "support.cli"
 local cjson = require "cjson"
 local S, q = cli.scenario, cli.q
+local lines, last_line, slurp, plain = cli.lines, cli.last_line, cli.slurp, cli.plain
 
 local FIX = "spec/fixtures/runner/"
 local XSD = "spec/fixtures/junit.xsd"
 
-local function lines(s)
-  local out = {}
-  for l in (s .. "\n"):gmatch("(.-)\n") do out[#out + 1] = l end
-  if out[#out] == "" then out[#out] = nil end
-  return out
-end
-local function last_line(s) local l = lines(s); return l[#l] end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 local function sh(cmd)
   local p = io.popen(cmd .. " 2>&1")
   local out = p:read("a")
@@ -35,7 +22,6 @@ local function tmpdir()
   assert(os.execute("mkdir -p " .. q(p)))
   return p
 end
-local function plain(s) return (s:gsub("%p", "%%%0")) end
 
 -- A fresh work directory per test, so run directories never land in the tree.
 local work

@@ -5,24 +5,11 @@
 local cli = require "support.cli"
 local cjson = require "cjson"
 local S, q = cli.scenario, cli.q
+local lines, last_line, slurp, plain = cli.lines, cli.last_line, cli.slurp, cli.plain
 
 local FIX = "spec/fixtures/trace/"
 local BANK = "scenarios/bank/"
 
-local function lines(s)
-  local out = {}
-  for l in s:gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
-local function last_line(s) local l = lines(s); return l[#l] end
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-local function plain(s) return (s:gsub("%p", "%%%0")) end
 
 -- The names of the tests the console reported, in order, with their glyph.
 local function outcomes(out)

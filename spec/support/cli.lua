@@ -50,6 +50,28 @@ wait $pid
   return { code = code, out = slurp(out), err = slurp(err) }
 end
 
+--- The lines of s, without a final empty one.
+function M.lines(s)
+  local out = {}
+  for l in (s .. "\n"):gmatch("(.-)\n") do out[#out + 1] = l end
+  if out[#out] == "" then out[#out] = nil end
+  return out
+end
+
+function M.last_line(s) local l = M.lines(s); return l[#l] end
+
+--- A file's content, or nil when it cannot be read.
+function M.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- s quoted for use as a Lua pattern matching it literally.
+function M.plain(s) return (s:gsub("%p", "%%%0")) end
+
 --- Write a scenario file and return its path.
 function M.scenario(src)
   local path = os.tmpname() .. ".lua"
