@@ -15,7 +15,7 @@
 
 #define ATOM_VERSION "0.1.0"
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /* Our uv handles keep handle->data == NULL and are found with container_of:
  * luv's uv.walk() treats a non-NULL data pointer as one of its own handles. */
@@ -59,15 +59,15 @@ struct task;
 /* A pending operation of one suspended task. The primitive that suspends owns
  * the memory (or gets it from sched_wait_alloc) and fills `cancel`. */
 struct wait {
-  struct task *task;               /* the waiting task; NULL once woken or undone */
-  void (*cancel)(struct wait *w);  /* undo the armed operation; never wakes; may be NULL */
-  const char *what;                /* static label for messages ("sleep", "ev:wait()") */
-  bool blocks;                     /* true: only another task can end it (deadlock candidate) */
-  bool uninterruptible;            /* waits for children: cancellation goes to them instead */
+  struct task *task;              /* the waiting task; NULL once woken or undone */
+  void (*cancel)(struct wait *w); /* undo the armed operation; never wakes; may be NULL */
+  const char *what;               /* static label for messages ("sleep", "ev:wait()") */
+  bool blocks;                    /* true: only another task can end it (deadlock candidate) */
+  bool uninterruptible;           /* waits for children: cancellation goes to them instead */
 };
 
 /* The task running in L, or NULL (main thread, luv callback, plain coroutine). */
-struct task *sched_current(lua_State *L);
+struct task *sched_current(const lua_State *L);
 /* Entry of every call that can wait: raises `usage` outside a task (naming fname),
  * raises `cancelled` when a cancellation is pending (a checkpoint), else returns
  * the current task. */
@@ -151,7 +151,7 @@ void bytes_register(lua_State *L);
 void **sched_task_procs(struct task *t);
 void proc_kill_owned(struct task *t);
 int proc_live_children(void); /* unreaped children, for ATOMLUA_DEBUG=leaks */
-void proc_kill_all(void);      /* SIGKILL every group now (a forced exit) */
+void proc_kill_all(void);     /* SIGKILL every group now (a forced exit) */
 
 /* }==== */
 

@@ -195,7 +195,7 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
     s->wanted = true;
     uv_ref((uv_handle_t *)&s->poll);
   }
-  int ev = (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0);
+  int ev = ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
   if (ev != s->events) { /* re-arm only on a change */
     if (uv_poll_start(&s->poll, ev, poll_cb) != 0) return -1;
     s->events = ev;

@@ -34,8 +34,8 @@ struct hreq {
    * stack until it resumes, and curl uses the body in place. */
   const char *desc, *method, *url;
   uint64_t t0;
-  int set_flags;   /* HF_FOLLOW | HF_INSECURE as last set on the handle, -1: unknown */
-  bool set_proxy;  /* a proxy is set on the handle (else "", none) */
+  int set_flags;  /* HF_FOLLOW | HF_INSECURE as last set on the handle, -1: unknown */
+  bool set_proxy; /* a proxy is set on the handle (else "", none) */
   struct buf body, head;
   struct hreq *next; /* in the pool */
   char errbuf[CURL_ERROR_SIZE];
@@ -270,11 +270,11 @@ static void req_cancel(struct wait *w) {
 
 /* Request headers: every key a string, every value a string or number. Checked
  * before anything is allocated, so raising leaks nothing. */
-static void check_headers(lua_State *L, int idx, const char *fname, bool *has_ct, bool *has_expect) {
+static void check_headers(lua_State *L, int idx, const char *fname, bool *has_ct,
+                          bool *has_expect) {
   lua_pushnil(L);
   while (lua_next(L, idx)) { /* [key, value] */
-    if (lua_type(L, -2) != LUA_TSTRING)
-      util_argerror(L, 1, fname, "header names must be strings");
+    if (lua_type(L, -2) != LUA_TSTRING) util_argerror(L, 1, fname, "header names must be strings");
     int vt = lua_type(L, -1);
     if (vt != LUA_TSTRING && vt != LUA_TNUMBER) {
       lua_pushfstring(L, "header '%s' must be a string or number, got %s", lua_tostring(L, -2),
@@ -289,14 +289,16 @@ static void check_headers(lua_State *L, int idx, const char *fname, bool *has_ct
 }
 
 /* "Name: value", or "Name;" for an empty value (curl's way to send one). */
-static struct curl_slist *add_header(struct curl_slist *l, lua_State *L, const char *k, const char *v) {
+static struct curl_slist *add_header(struct curl_slist *l, lua_State *L, const char *k,
+                                     const char *v) {
   const char *line = v[0] ? lua_pushfstring(L, "%s: %s", k, v) : lua_pushfstring(L, "%s;", k);
   struct curl_slist *n = cu.slist_append(l, line);
   lua_pop(L, 1);
   return n ? n : l;
 }
 
-static struct curl_slist *build_headers(lua_State *L, int idx, bool json, bool has_ct, bool has_expect) {
+static struct curl_slist *build_headers(lua_State *L, int idx, bool json, bool has_ct,
+                                        bool has_expect) {
   struct curl_slist *l = NULL;
   /* curl would wait up to 1 s for `100 Continue` before a large body. */
   if (!has_expect) l = cu.slist_append(l, "Expect:");
@@ -363,8 +365,11 @@ static int l_http_perform(lua_State *L) {
     r->hdrs = build_headers(L, 4, json, has_ct, has_expect);
     cu.easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
   } else {
-    if (!plain_hdrs) plain_hdrs = cu.slist_append(cu.slist_append(NULL, "Expect:"), "Content-Type:");
-    if (!json_hdrs) json_hdrs = cu.slist_append(cu.slist_append(NULL, "Expect:"), "Content-Type: application/json");
+    if (!plain_hdrs)
+      plain_hdrs = cu.slist_append(cu.slist_append(NULL, "Expect:"), "Content-Type:");
+    if (!json_hdrs)
+      json_hdrs =
+          cu.slist_append(cu.slist_append(NULL, "Expect:"), "Content-Type: application/json");
     cu.easy_setopt(e, CURLOPT_HTTPHEADER, json ? json_hdrs : plain_hdrs);
   }
   cu.easy_setopt(e, CURLOPT_URL, url);

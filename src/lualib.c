@@ -4,12 +4,11 @@
  * Also the entry point of module mode, `require "atom"` from stock lua5.4. */
 #include <dlfcn.h>
 #include <ftw.h>
-#include <unistd.h>
+#include <luv/luv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <luv/luv.h>
+#include <unistd.h>
 
 #include "atom.h"
 
@@ -162,7 +161,8 @@ LUALIB_API int luaopen_atom(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, "luv");
   if (!lua_isnil(L, -1))
-    return luaL_error(L, "require \"atom\" must come before require \"luv\" (atom opens luv on its own loop)");
+    return luaL_error(
+        L, "require \"atom\" must come before require \"luv\" (atom opens luv on its own loop)");
   lua_pop(L, 2);
 #ifdef __SANITIZE_ADDRESS__
   /* make check preloads the sanitizer runtimes into lua5.4 for this module;
@@ -211,7 +211,8 @@ static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *
   (void)st;
   (void)flag;
   (void)ftw;
-  return remove(path) == 0 ? 0 : 0; /* best effort: keep going */
+  (void)remove(path); /* best effort: keep going */
+  return 0;
 }
 
 /* _atom.rm_rf(path): remove a run directory and everything in it. */

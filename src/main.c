@@ -18,8 +18,8 @@ void sched_abandon_root(void);
 int sched_open_handles(void);
 
 void runtime_init_loop(void);
-static lua_State *control;     /* runs cli.lua and the reporters */
-static lua_State *file_state;  /* the scenario file's state, while it runs */
+static lua_State *control;          /* runs cli.lua and the reporters */
+static lua_State *file_state;       /* the scenario file's state, while it runs */
 static int forward_ref = LUA_NOREF; /* control's function receiving events */
 static uv_timer_t tick_timer;       /* the live status line's 1 s beat */
 
@@ -31,8 +31,8 @@ static void file_hook(const char *name) {
   if (!F) return;
   int top = lua_gettop(F);
   lua_getfield(F, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(F, -1, "atom.scenario") == LUA_TTABLE && lua_getfield(F, -1, name) == LUA_TFUNCTION &&
-      lua_pcall(F, 0, 0, 0) != LUA_OK)
+  if (lua_getfield(F, -1, "atom.scenario") == LUA_TTABLE &&
+      lua_getfield(F, -1, name) == LUA_TFUNCTION && lua_pcall(F, 0, 0, 0) != LUA_OK)
     fprintf(stderr, "atomlua: %s: %s\n", name, lua_tostring(F, -1));
   lua_settop(F, top);
 }
@@ -48,8 +48,8 @@ static volatile sig_atomic_t first_signal; /* SIGINT, SIGTERM or SIGHUP */
 static uv_async_t signal_async;
 static struct timer run_deadline, run_grace;
 static double grace_secs = 10, timeout_secs = -1;
-static const char *stop_reason;          /* NULL while the run goes on */
-static volatile uint64_t hard_exit_ns;   /* watchdog exits at this time (0: never) */
+static const char *stop_reason;        /* NULL while the run goes on */
+static volatile uint64_t hard_exit_ns; /* watchdog exits at this time (0: never) */
 static volatile int hard_exit_code;
 
 static int signal_status(int sig) { return sig == SIGINT ? 130 : sig == SIGTERM ? 143 : 129; }
@@ -210,8 +210,8 @@ static int leaks_found;
 static void report_leaks(const char *what) {
   int tasks = sched_live_tasks(), handles = sched_open_handles(), refs = util_live_refs(),
       children = proc_live_children();
-  fprintf(stderr, "atomlua: leaks after %s: tasks=%d handles=%d refs=%d children=%d\n", what, tasks, handles,
-          refs, children);
+  fprintf(stderr, "atomlua: leaks after %s: tasks=%d handles=%d refs=%d children=%d\n", what, tasks,
+          handles, refs, children);
   if (tasks || handles || refs || children) leaks_found = 1;
 }
 
@@ -305,9 +305,12 @@ static int pmain(lua_State *L) {
   runtime_open(L, true);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, "_atom");
-  static const luaL_Reg cli_fns[] = {{"run_file", l_run_file},       {"set_forward", l_set_forward},
-                                     {"set_limits", l_set_limits},   {"stop_reason", l_stop_reason},
-                                     {"stop_run", l_stop_run},       {"leaks_found", l_leaks_found},
+  static const luaL_Reg cli_fns[] = {{"run_file", l_run_file},
+                                     {"set_forward", l_set_forward},
+                                     {"set_limits", l_set_limits},
+                                     {"stop_reason", l_stop_reason},
+                                     {"stop_run", l_stop_run},
+                                     {"leaks_found", l_leaks_found},
                                      {NULL, NULL}};
   luaL_setfuncs(L, cli_fns, 0);
   lua_pop(L, 2);

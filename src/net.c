@@ -22,14 +22,14 @@ enum { R_NONE, R_BYTES, R_LINE };
 
 struct stream {
   uv_tcp_t tcp;
-  struct wait rw;       /* the reader's wait */
-  struct task *reader;  /* the waiting reader, or NULL */
-  int mode;             /* R_BYTES / R_LINE while a reader waits */
-  size_t want;          /* R_BYTES: bytes wanted */
-  char *buf;            /* buffered bytes are buf[start, start + len) */
+  struct wait rw;      /* the reader's wait */
+  struct task *reader; /* the waiting reader, or NULL */
+  int mode;            /* R_BYTES / R_LINE while a reader waits */
+  size_t want;         /* R_BYTES: bytes wanted */
+  char *buf;           /* buffered bytes are buf[start, start + len) */
   size_t start, len, cap, scanned;
   bool reading, eof, closed;
-  int err; /* the uv error that ended reading, or 0 */
+  int err;        /* the uv error that ended reading, or 0 */
   char peer[300]; /* "host:port" for messages */
 };
 
@@ -53,7 +53,8 @@ static const char *io_cause(int err) {
 
 /* Push an io error with `cause` on L; `task` names the task when the error is
  * built from a callback (util_push_error cannot see it there). */
-static void push_io_error(lua_State *L, struct task *task, const char *cause, const char *fmt, ...) {
+static void push_io_error(lua_State *L, struct task *task, const char *cause, const char *fmt,
+                          ...) {
   va_list ap;
   va_start(ap, fmt);
   const char *msg = lua_pushvfstring(L, fmt, ap);
@@ -89,7 +90,8 @@ static double method_timeout(lua_State *L, int idx, const char *fname) {
       lua_pop(L, 1);
       return -1;
     }
-    if (lua_type(L, -1) != LUA_TNUMBER) util_argerror(L, idx - 1, fname, "field 'timeout' must be a number");
+    if (lua_type(L, -1) != LUA_TNUMBER)
+      util_argerror(L, idx - 1, fname, "field 'timeout' must be a number");
     v = lua_tonumber(L, -1);
     lua_pop(L, 1);
   } else {
@@ -186,8 +188,8 @@ static int produce(lua_State *L, struct stream *s, int mode, size_t n, struct ta
   }
   const char *what = mode == R_LINE ? "read_line" : "read";
   if (s->eof)
-    push_io_error(L, task, "eof", "%s from %s: connection closed after %d of %d bytes", what, s->peer,
-                  (int)s->len, (int)n);
+    push_io_error(L, task, "eof", "%s from %s: connection closed after %d of %d bytes", what,
+                  s->peer, (int)s->len, (int)n);
   else
     push_io_error(L, task, io_cause(s->err), "%s from %s: %s", what, s->peer, uv_strerror(s->err));
   lua_pushlstring(L, p, s->len);
@@ -249,7 +251,10 @@ static void reader_cancel(struct wait *w) {
 
 static struct stream *check_open(lua_State *L, const char *fname) {
   struct sud *u = luaL_testudata(L, 1, STREAM_MT);
-  if (!u) util_typeerror(L, 1, fname, "stream");
+  if (!u) {
+    util_typeerror(L, 1, fname, "stream"); /* raises */
+    return NULL;
+  }
   if (!u->s) {
     util_push_error(L, "io", "%s on a closed stream", fname);
     lua_pushliteral(L, "closed");
@@ -273,7 +278,8 @@ static int do_read(lua_State *L, int mode, const char *fname) {
     topt = 3;
   }
   double timeout = method_timeout(L, topt, fname);
-  if (s->reader) return util_error(L, "usage", "%s: another task is already reading from %s", fname, s->peer);
+  if (s->reader)
+    return util_error(L, "usage", "%s: another task is already reading from %s", fname, s->peer);
   if (mode == R_BYTES && n == 0) {
     lua_pushliteral(L, "");
     return 1;
@@ -287,7 +293,8 @@ static int do_read(lua_State *L, int mode, const char *fname) {
   s->reader = t;
   s->mode = mode;
   s->want = n;
-  s->rw = (struct wait){.cancel = reader_cancel, .what = mode == R_LINE ? "s:read_line()" : "s:read()"};
+  s->rw =
+      (struct wait){.cancel = reader_cancel, .what = mode == R_LINE ? "s:read_line()" : "s:read()"};
   update_reading(s);
   lua_pushfstring(L, "%s from %s", fname, s->peer);
   return sched_wait(L, &s->rw, timeout, lua_gettop(L));
@@ -333,14 +340,16 @@ static int l_stream_write(lua_State *L) {
   struct task *t = sched_enter(L, "write");
   struct stream *s = check_open(L, "write");
   size_t len;
-  if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TNUMBER) arg_typeerror(L, 2, 1, "write", "string");
+  if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TNUMBER)
+    arg_typeerror(L, 2, 1, "write", "string");
   const char *data = lua_tolstring(L, 2, &len);
   double timeout = method_timeout(L, 3, "write");
   size_t done = 0;
   if (len > 0) {
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
     int n = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
-    if (n > 0) done = (size_t)n;
+    if (n > 0)
+      done = (size_t)n;
     else if (n != UV_EAGAIN && n < 0) {
       push_io_error(L, NULL, io_cause(n), "write to %s: %s", s->peer, uv_strerror(n));
       return lua_error(L);
@@ -573,7 +582,10 @@ static struct dial *dial_new(lua_State *L, const char *fname) {
   if (lua_type(L, 2) != LUA_TNUMBER || !isint) util_typeerror(L, 2, fname, "integer");
   if (port < 1 || port > 65535) util_argerror(L, 2, fname, "port out of range 1-65535");
   struct dial *d = calloc(1, sizeof *d);
-  if (!d) util_error(L, "io", "%s: out of memory", fname);
+  if (!d) {
+    util_error(L, "io", "%s: out of memory", fname); /* raises */
+    return 0;
+  }
   memcpy(d->host, host, hl + 1);
   snprintf(d->port, sizeof d->port, "%d", (int)port);
   snprintf(d->peer, sizeof d->peer, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, (int)port);

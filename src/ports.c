@@ -23,7 +23,7 @@
 #define LOWEST_PORT 1024
 
 static struct {
-  int fd; /* the lock file, -1 until the first call */
+  int fd;     /* the lock file, -1 until the first call */
   int lo, hi; /* the ephemeral range */
   int next;   /* where the next search starts */
   uint8_t given[65536 / 8];
@@ -100,7 +100,8 @@ static int l_free_port(lua_State *L) {
     if (try_port(port)) goto found;
   for (int port = LOWEST_PORT; port < P.next && port <= 65535; port++)
     if (try_port(port)) goto found;
-  return util_error(L, "io", "free_port: no free port outside the ephemeral range %d-%d", P.lo, P.hi);
+  return util_error(L, "io", "free_port: no free port outside the ephemeral range %d-%d", P.lo,
+                    P.hi);
 found:
   lua_pushinteger(L, P.next - 1);
   return 1;

@@ -33,7 +33,8 @@
 #include "task.h"
 
 const char *const sched_status_names[] = {"running", "running", "done", "failed", "cancelled"};
-struct sched_state sched_state = {.handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
+struct sched_state sched_state = {
+    .handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
 
 /* Preemption (see watchdog in main.c): the task running too long while a
  * deadline is overdue yields from a count hook. */
@@ -98,7 +99,7 @@ bool sched_task_returned(struct task *t) { return t->returned || t->status >= T_
 int sched_live_tasks(void) { return sched_state.live; }
 void **sched_task_procs(struct task *t) { return &t->procs; }
 
-struct task *sched_current(lua_State *L) {
+struct task *sched_current(const lua_State *L) {
   return (sched_state.current && sched_state.current->co == L) ? sched_state.current : NULL;
 }
 
@@ -118,7 +119,8 @@ static void enqueue(struct task *t) {
   else
     sched_state.ready_head = t;
   sched_state.ready_tail = t;
-  if (sched_state.handles_ready && !uv_is_active((uv_handle_t *)&sched_state.idle)) uv_idle_start(&sched_state.idle, idle_cb);
+  if (sched_state.handles_ready && !uv_is_active((uv_handle_t *)&sched_state.idle))
+    uv_idle_start(&sched_state.idle, idle_cb);
 }
 
 static struct task *dequeue(void) {
@@ -226,8 +228,11 @@ struct task *sched_enter(lua_State *L, const char *fname) {
   if (!t) {
     const char *pre = strchr(fname, ':') || strchr(fname, '.') ? "" : "atom.";
     if (lua_pushthread(L)) /* main thread: a callback or outside atom.run */
-      util_error(L, "usage", "%s%s called outside a task (it can wait, so it needs atom.run or a scenario)", pre, fname);
+      util_error(L, "usage",
+                 "%s%s called outside a task (it can wait, so it needs atom.run or a scenario)",
+                 pre, fname);
     util_error(L, "usage", "%s%s called inside a plain coroutine", pre, fname);
+    return NULL; /* not reached: util_error raises */
   }
   if (deliverable(t)) {
     push_cancel_error(L, t, L);
@@ -512,7 +517,8 @@ void sched_abandon(struct task *t) {
   }
   char buf[512];
   const char *where = util_where(t->co, buf, sizeof buf);
-  fprintf(stderr, "atomlua: warning: abandoned task %s at %s (it kept running past its cleanup grace)\n",
+  fprintf(stderr,
+          "atomlua: warning: abandoned task %s at %s (it kept running past its cleanup grace)\n",
           sched_task_name(sched_state.L, t), where ? where : "?");
   lua_pop(sched_state.L, 1);
   if (t->flags & (TF_TEST | TF_ROOT)) proc_kill_owned(t);
@@ -651,7 +657,8 @@ static void settle(struct task *t, int nres, bool ok) {
       lua_pop(sched_state.L, 1);
     }
   }
-  if (parent && parent->awaiting_children && parent->wait && !parent->child_head) sched_wake(parent->wait, 0);
+  if (parent && parent->awaiting_children && parent->wait && !parent->child_head)
+    sched_wake(parent->wait, 0);
   int ref = t->ref;
   util_unref(sched_state.L, &ref);
   t->ref = LUA_NOREF;
@@ -757,7 +764,7 @@ static void run_task(struct task *t) {
     bool ok = nres > 0 && lua_toboolean(co, -nres);
     lua_remove(co, -nres);
     settle(t, nres - 1, ok);
-  } else { /* an error escaped the trampoline itself (memory, a bug) */
+  } else {                          /* an error escaped the trampoline itself (memory, a bug) */
     lua_settop(co, lua_gettop(co)); /* error on top */
     settle(t, 1, false);
   }
@@ -862,7 +869,8 @@ static void push_waiting_report(lua_State *L) {
     const char *at = util_where(t->co, where, sizeof where);
     sched_task_name(L, t);
     sched_push_desc(L, t);
-    lua_pushfstring(L, "\n  %s waiting in %s at %s", lua_tostring(L, -2), lua_tostring(L, -1), at ? at : "?");
+    lua_pushfstring(L, "\n  %s waiting in %s at %s", lua_tostring(L, -2), lua_tostring(L, -1),
+                    at ? at : "?");
     lua_remove(L, -2);
     lua_remove(L, -2);
     luaL_addvalue(&b);
@@ -889,7 +897,8 @@ static void break_deadlock(lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  if (!sched_state.ready_head && sched_state.root && sched_state.root->status < T_DONE) sched_abandon(sched_state.root); /* nothing woke */
+  if (!sched_state.ready_head && sched_state.root && sched_state.root->status < T_DONE)
+    sched_abandon(sched_state.root); /* nothing woke */
 }
 
 /* Call _atom[name]() if the build has it (end-of-run hooks of subsystems). */
@@ -909,7 +918,8 @@ static void call_atom_fn(lua_State *L, const char *name) {
  * task on the loop until it has ended. */
 int sched_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  if (sched_state.root || sched_state.current) return util_error(L, "usage", "atom.run cannot be called inside a task");
+  if (sched_state.root || sched_state.current)
+    return util_error(L, "usage", "atom.run cannot be called inside a task");
   lua_State *prev = sched_state.L;
   sched_state.L = L;
   handles_init();
@@ -920,11 +930,12 @@ int sched_run(lua_State *L) {
   lua_setiuservalue(L, -2, UV_NAME);
   int root_idx = lua_gettop(L);
   sched_state.root = root;
-  while (root->status < T_DONE) {
+  /* uv_run returns when the root has ended (settle stops the loop), or when
+   * nothing is left that could wake a task: a deadlock. */
+  for (;;) {
     uv_run(atom_loop, UV_RUN_DEFAULT);
     if (root->status >= T_DONE) break;
-    if (sched_state.ready_head) continue;
-    break_deadlock(L);
+    if (!sched_state.ready_head) break_deadlock(L);
   }
   sched_state.root = NULL;
   sched_state.L = prev;
@@ -950,7 +961,8 @@ static void count_handle_cb(uv_handle_t *h, void *arg) {
   /* Handles that would keep the loop alive, plus luv's (data set) still open:
    * our own idle/check/timer/async infrastructure is unref'd or inactive. */
   if (uv_is_closing(h)) return;
-  if ((uv_is_active(h) && uv_has_ref(h) && h != (uv_handle_t *)&sched_state.idle) || h->data) count_handles_cb_n++;
+  if ((uv_is_active(h) && uv_has_ref(h) && h != (uv_handle_t *)&sched_state.idle) || h->data)
+    count_handles_cb_n++;
 }
 
 int sched_open_handles(void);

@@ -296,7 +296,9 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
-static struct task *current_or_root(void) { return sched_state.current ? sched_state.current : sched_state.root; }
+static struct task *current_or_root(void) {
+  return sched_state.current ? sched_state.current : sched_state.root;
+}
 
 static int l_current(lua_State *L) {
   struct task *t = sched_current(L);
@@ -575,7 +577,8 @@ static int l_set_trampoline(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
   if (sched_state.finish_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, sched_state.finish_ref);
-  if (sched_state.handler_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, sched_state.handler_ref);
+  if (sched_state.handler_ref != LUA_NOREF)
+    luaL_unref(L, LUA_REGISTRYINDEX, sched_state.handler_ref);
   sched_state.finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   sched_state.handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -599,38 +602,37 @@ void sched_register(lua_State *L) {
   lua_pop(L, 1);
   luaL_newmetatable(L, "atom.group");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {
-      {"spawn", l_spawn},
-      {"result", l_result},
-      {"error_of", l_error_of},
-      {"group", l_group},
-      {"group_next", l_group_next},
-      {"group_cancel", l_group_cancel},
-      {"checkpoint", l_checkpoint},
-      {"sleep", l_sleep},
-      {"now", l_now},
-      {"current", l_current},
-      {"task_name", l_task_name},
-      {"rename", l_rename},
-      {"in_test", l_in_test},
-      {"is_owner", l_is_owner},
-      {"owner", l_owner},
-      {"extra", l_extra},
-      {"end_children", l_end_children},
-      {"begin_cleanup", l_begin_cleanup},
-      {"raise_grace", l_raise_grace},
-      {"set_default_grace", l_set_default_grace},
-      {"deadline_expired", l_deadline_expired},
-      {"park_token", l_park_token},
-      {"park", l_park},
-      {"unpark", l_unpark},
-      {"run", sched_run},
-      {"cancel_root", l_cancel_root},
-      {"stats", l_stats},
-      {"tasks", l_tasks},
-      {"set_trampoline", l_set_trampoline},
-      {"in_task_thread", l_in_task_thread},
-      {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"spawn", l_spawn},
+                                 {"result", l_result},
+                                 {"error_of", l_error_of},
+                                 {"group", l_group},
+                                 {"group_next", l_group_next},
+                                 {"group_cancel", l_group_cancel},
+                                 {"checkpoint", l_checkpoint},
+                                 {"sleep", l_sleep},
+                                 {"now", l_now},
+                                 {"current", l_current},
+                                 {"task_name", l_task_name},
+                                 {"rename", l_rename},
+                                 {"in_test", l_in_test},
+                                 {"is_owner", l_is_owner},
+                                 {"owner", l_owner},
+                                 {"extra", l_extra},
+                                 {"end_children", l_end_children},
+                                 {"begin_cleanup", l_begin_cleanup},
+                                 {"raise_grace", l_raise_grace},
+                                 {"set_default_grace", l_set_default_grace},
+                                 {"deadline_expired", l_deadline_expired},
+                                 {"park_token", l_park_token},
+                                 {"park", l_park},
+                                 {"unpark", l_unpark},
+                                 {"run", sched_run},
+                                 {"cancel_root", l_cancel_root},
+                                 {"stats", l_stats},
+                                 {"tasks", l_tasks},
+                                 {"set_trampoline", l_set_trampoline},
+                                 {"in_task_thread", l_in_task_thread},
+                                 {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }
 

@@ -25,27 +25,27 @@ struct task {
   struct task *ready_next;
   bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
   bool wake_error, has_override, awaiting_children;
-  bool returned; /* its function has returned or raised (trampoline step 2 began) */
-  int wake_nres;            /* values queued for the next resume */
-  int resumed_nres;         /* values the current resume brought (for continuations) */
+  bool returned;    /* its function has returned or raised (trampoline step 2 began) */
+  int wake_nres;    /* values queued for the next resume */
+  int resumed_nres; /* values the current resume brought (for continuations) */
   struct wait *wait;
   double wait_timeout, wait_since;
   struct timer wait_timer;
-  struct timer phase;        /* the deadline (atom.timeout, tests) until cancelled, then the grace */
+  struct timer phase; /* the deadline (atom.timeout, tests) until cancelled, then the grace */
   bool grace_armed;
   double deadline_secs, grace_secs;
   bool grace_abandon_phase;
-  struct group *group;      /* structured wait this task belongs to */
+  struct group *group;         /* structured wait this task belongs to */
   struct group *waiting_group; /* the group whose members it awaits in group_next */
-  struct task *group_next;  /* in the group's finished list */
-  int group_index;          /* 1-based spawn order within the group */
-  int park_seq;             /* token of the current park, for stale unparks */
-  struct wait own_wait;     /* sleep and park need no memory of their own */
-  struct joiner *joiners;   /* tasks waiting in t:join() */
+  struct task *group_next;     /* in the group's finished list */
+  int group_index;             /* 1-based spawn order within the group */
+  int park_seq;                /* token of the current park, for stale unparks */
+  struct wait own_wait;        /* sleep and park need no memory of their own */
+  struct joiner *joiners;      /* tasks waiting in t:join() */
   int go_count;
-  int name_n;               /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
+  int name_n; /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
   bool name_go;
-  void *procs;              /* the proc module's list head */
+  void *procs; /* the proc module's list head */
 };
 
 struct group {
@@ -61,8 +61,8 @@ struct joiner {
 };
 
 struct sched_state {
-  lua_State *L;               /* the state callbacks build values on */
-  struct task *current;       /* the task inside lua_resume, or NULL */
+  lua_State *L;         /* the state callbacks build values on */
+  struct task *current; /* the task inside lua_resume, or NULL */
   struct task *root;
   struct task *ready_head, *ready_tail;
   int live;
@@ -76,10 +76,9 @@ struct sched_state {
 };
 extern struct sched_state sched_state;
 
-
 /* Internals used by the bindings (sched.c). */
-void sched_push_ud(lua_State *L, struct task *t);          /* an unfinished task's userdata */
-void sched_push_name(lua_State *L, int ud, struct task *t); /* builds a lazy name once */
+void sched_push_ud(lua_State *L, struct task *t);              /* an unfinished task's userdata */
+void sched_push_name(lua_State *L, int ud, struct task *t);    /* builds a lazy name once */
 void sched_set_uv_top(lua_State *L, struct task *t, int slot); /* [value] -> [] */
 void sched_push_reason(lua_State *L, const char *message);
 void sched_format_secs(char *buf, size_t n, double s);
