@@ -271,7 +271,13 @@ void sched_push_desc(lua_State *L, struct task *t) {
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     const char *what = t->wait && t->wait->what ? t->wait->what : "wait";
-    lua_pushstring(L, what);
+    if (strcmp(what, "sleep") == 0) { /* built here, on demand: sleeps are the hot path */
+      char secs[32];
+      sched_format_secs(secs, sizeof secs, t->wait_timeout);
+      lua_pushfstring(L, "sleep %ss", secs);
+    } else {
+      lua_pushstring(L, what);
+    }
   }
 }
 
