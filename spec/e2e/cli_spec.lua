@@ -19,6 +19,13 @@ describe("atomlua run", function()
     assert.matches("\nseed %d+: atomlua run %-%-seed %d+ ", r.out)
   end)
 
+  it("runs the seed case of SPEC §3 as shipped in scenarios/seed.lua", function()
+    local r = cli.run({ "run", "scenarios/seed.lua" })
+    assert.equals(0, r.code, r.out .. r.err)
+    assert.matches("node error: id 5\n.*after 5%.%d%ds\nall good\n", r.out)
+    assert.equals("1 passed, 0 failed", last_line(r.out))
+  end)
+
   it("exits 1 when a test fails, with the failure block", function()
     local r = cli.run({ "run", S [[
       atom.test("bad", function() error("broken thing") end)
