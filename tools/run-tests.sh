@@ -3,6 +3,8 @@
 # (module mode and end-to-end, which run the binary), then the C tests.
 # ATOMLUA_SANITIZE=1 preloads ASan/UBSan so stock lua5.4 can load atom.so.
 set -e
+# libuv assumes fds 0-2 are open; CI may start us without a stdin.
+exec </dev/null
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."
 export ATOMLUA_BIN="$PWD/$BUILD/atomlua"
