@@ -613,7 +613,7 @@ static void keep_child_evidence(lua_State *L, struct task *child, struct task *p
   lua_pop(L, 4);
 }
 
-/* The task's trampoline returned: [ok, results...] (nres values) on t->co. */
+/* The task's body returned: [ok, results...] (nres values) on t->co. */
 static void settle(struct task *t, int nres, bool ok) {
   lua_State *co = t->co;
   timer_stop(&t->wait_timer);
@@ -766,11 +766,11 @@ static void run_task(struct task *t) {
     return;
   }
   if (st == LUA_OK) {
-    /* The trampoline returns ok, results... */
+    /* task_body returns ok, results... */
     bool ok = nres > 0 && lua_toboolean(co, -nres);
     lua_remove(co, -nres);
     settle(t, nres - 1, ok);
-  } else {                          /* an error escaped the trampoline itself (memory, a bug) */
+  } else {                          /* an error escaped task_body itself (memory, a bug) */
     lua_settop(co, lua_gettop(co)); /* error on top */
     settle(t, 1, false);
   }
