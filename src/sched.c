@@ -13,7 +13,7 @@
  *     that moved on.
  *  3. An unfinished task holds a registry ref to its userdata (and so to its
  *     coroutine); a finished task holds none. Every ref taken is released.
- *  4. A task finishes only after all its children finished (the trampoline
+ *  4. A task finishes only after all its children finished (its finish
  *     waits in end_children), so the tree is always well nested.
  *  5. Cancellation is level-triggered: once t->cancel_pending is set it stays
  *     set, and every checkpoint of t raises it, except while t runs its
