@@ -7,21 +7,17 @@ local netfix = require "fixtures.netfix"
 local py, ngx, tls, tls_dir
 local BIG = 10 * 1024 * 1024
 
--- A deterministic 10 MB body (the same pattern as server.py's /big).
-local function pattern(n)
-  local block = {}
-  for i = 0, 255 do block[#block + 1] = string.char(i) end
-  local s = table.concat(block):rep(256)
-  return s:rep(n // #s + 1):sub(1, n)
-end
+local pattern = netfix.pattern
 
+-- Local on purpose: errors name the script frame that called atom, and
+-- these specs check that it is the spec file's own line.
 local function err_of(f, ...)
   local ok, err = pcall(f, ...)
   assert(not ok, "expected an error")
   return err
 end
 
-local function run(fn) return atom.run(fn) end
+local run = atom.run
 
 setup(function()
   py = netfix.python()

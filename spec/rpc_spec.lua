@@ -7,13 +7,15 @@ local netfix = require "fixtures.netfix"
 
 local py, ngx, RPC
 
+-- Local on purpose: errors name the script frame that called atom, and
+-- these specs check that it is the spec file's own line.
 local function err_of(f, ...)
   local ok, err = pcall(f, ...)
   assert(not ok, "expected an error")
   return err
 end
 
-local function run(fn) return atom.run(fn) end
+local run = atom.run
 
 setup(function()
   py = netfix.python()
