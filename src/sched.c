@@ -140,13 +140,9 @@ static struct task *dequeue(void) {
  * own Lua code: pushes its short source and returns the line (0: none). */
 static int push_where_parts(lua_State *L, lua_State *co) {
   lua_Debug ar;
-  for (int level = 0; lua_getstack(co, level, &ar); level++) {
-    if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0) continue;
-    if (strncmp(ar.source, "@lua/atom/", 10) == 0 || ar.source[0] == '=') continue;
-    lua_pushstring(L, ar.short_src);
-    return ar.currentline;
-  }
-  return 0;
+  if (!util_where_frame(co, &ar)) return 0;
+  lua_pushstring(L, ar.short_src);
+  return ar.currentline;
 }
 
 /* Push on L the cancellation error for t: kind cancelled, the reason's

@@ -21,16 +21,19 @@ static bool is_internal(const char *src) {
   return strncmp(src, "@lua/atom/", 10) == 0 || src[0] == '=';
 }
 
+bool util_where_frame(lua_State *L, lua_Debug *ar) {
+  for (int level = 0; lua_getstack(L, level, ar); level++) {
+    if (!lua_getinfo(L, "Sl", ar)) continue;
+    if (ar->currentline > 0 && !is_internal(ar->source)) return true;
+  }
+  return false;
+}
+
 const char *util_where(lua_State *L, char *buf, size_t size) {
   lua_Debug ar;
-  for (int level = 0; lua_getstack(L, level, &ar); level++) {
-    if (!lua_getinfo(L, "Sl", &ar)) continue;
-    if (ar.currentline > 0 && !is_internal(ar.source)) {
-      snprintf(buf, size, "%s:%d", ar.short_src, ar.currentline);
-      return buf;
-    }
-  }
-  return NULL;
+  if (!util_where_frame(L, &ar)) return NULL;
+  snprintf(buf, size, "%s:%d", ar.short_src, ar.currentline);
+  return buf;
 }
 
 static void push_error_v(lua_State *L, const char *kind, const char *fmt, va_list ap) {
