@@ -261,9 +261,13 @@ int sched_wait_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 void sched_push_desc(lua_State *L, struct task *t) {
-  sched_push_ud(L, t);
-  lua_getiuservalue(L, -1, UV_DESC);
-  lua_remove(L, -2);
+  if (t->has_desc) {
+    sched_push_ud(L, t);
+    lua_getiuservalue(L, -1, UV_DESC);
+    lua_remove(L, -2);
+  } else {
+    lua_pushnil(L);
+  }
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     const char *what = t->wait && t->wait->what ? t->wait->what : "wait";
@@ -298,9 +302,11 @@ int sched_wait_with_k(lua_State *L, struct wait *w, double timeout, int desc_idx
   if (desc_idx) {
     lua_pushvalue(L, desc_idx);
     sched_set_uv_top(L, t, UV_DESC);
-  } else {
+    t->has_desc = true;
+  } else if (t->has_desc) { /* sleeps and group waits name themselves: no store */
     lua_pushnil(L);
     sched_set_uv_top(L, t, UV_DESC);
+    t->has_desc = false;
   }
   w->task = t;
   t->wait = w;

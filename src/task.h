@@ -33,6 +33,7 @@ struct task {
   struct timer wait_timer;
   struct timer phase; /* the deadline (atom.timeout, tests) until cancelled, then the grace */
   bool grace_armed;
+  bool has_desc; /* UV_DESC holds the current wait's description */
   double deadline_secs, grace_secs;
   bool grace_abandon_phase;
   struct group *group;         /* structured wait this task belongs to */
