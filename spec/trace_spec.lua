@@ -10,13 +10,13 @@ package.path = "./lua/?.lua;" .. package.path
 local errors = require("atom.errors")
 local events = require("atom.events")
 local itf = require("atom.itf")
-local trace = require("atom.trace")
 local uv = require("luv")
 
 -- A stand-in for the runtime: atom.test runs fn at once and records the outcome;
 -- atom.defer runs its functions when that test ends.
 local tests, defers
-local fake = {
+local real_atom = require("atom")
+local fake = setmetatable({
   test = function(name, fn, timeout)
     local my = {}
     defers = my
@@ -26,15 +26,12 @@ local fake = {
     return ok
   end,
   defer = function(fn) defers[#defers + 1] = fn end,
-  assert_eq = require("atom.assert").assert_eq,
-}
+}, { __index = real_atom })
 
-local saved_atom
-setup(function()
-  saved_atom = package.loaded.atom
-  package.loaded.atom = fake
-end)
-teardown(function() package.loaded.atom = saved_atom end)
+-- atom.trace is a library on the public API: it takes `atom` when loaded.
+package.loaded.atom, package.loaded["atom.trace"] = fake, nil
+local trace = require("atom.trace")
+package.loaded.atom = real_atom
 
 local seen_events
 before_each(function()

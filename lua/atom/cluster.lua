@@ -1,19 +1,15 @@
 -- atom.cluster: SPEC §7 — N nodes on free ports with their own directories,
 -- started together, and faults injected on purpose (kill, pause, restart).
--- Policy only, over atom.spawn and the scheduler's public calls: process
--- groups, reaping, owners and the no-orphans promise are atom.proc's.
-local _atom = require "_atom"
-local errors = require "atom.errors"
-local sched = require "atom.sched"
-local sync = require "atom.sync"
-local proc = require "atom.proc"
-local state = require "atom.state"
+-- A library on the public `atom` API only (as a user's own module would be):
+-- process groups, reaping, owners and the no-orphans promise are atom's.
+local atom = require "atom"
 
 local M = {}
 
 local format, concat = string.format, table.concat
-local checkpoint = _atom.checkpoint
-local argerror = errors.argerror
+
+local function raise(kind, message, fields) error(atom.error(kind, message, fields), 0) end
+local function argerror(n, fname, msg) raise("usage", format("bad argument #%d to '%s' (%s)", n, fname, msg)) end
 
 local READY_TIMEOUT = 30
 local TAIL_LINES = 20
@@ -25,7 +21,7 @@ local mt = { __name = "atom.cluster", __index = Cluster }
 
 local function check_self(self, fname)
   if getmetatable(self) ~= mt then
-    errors.raise("usage", format("bad argument #0 to '%s' (cluster expected; use c:%s)", fname, fname))
+    raise("usage", format("bad argument #0 to '%s' (cluster expected; use c:%s)", fname, fname))
   end
 end
 
@@ -59,14 +55,13 @@ local function node_arg(self, i, n, fname)
   return node
 end
 
--- "last 20 lines of etcd2: | ..." and the log's path, as process errors quote
--- them. Reads proc.lua's C handle (p._c): the cluster is part of the runtime.
+-- "last 20 lines of etcd2: | ..." and the log's path, as process errors quote them.
 local function tail_block(p)
-  local lines = p._c:tail(TAIL_LINES)
+  local lines = p:tail(TAIL_LINES)
   local out = { #lines == 0 and ("(no output from " .. p.name .. ")")
     or format("last %d lines of %s:", #lines, p.name) }
   for _, l in ipairs(lines) do out[#out + 1] = "  | " .. l end
-  if p._log then out[#out + 1] = "full log: " .. p._log end
+  if p.log then out[#out + 1] = "full log: " .. p.log end
   return concat(out, "\n")
 end
 
@@ -80,16 +75,16 @@ end
 -- `at` = {where, task} of the c:start / c:restart call, which the error
 -- reports rather than the helper task the node was waited for in.
 local function node_failure(c, node, e, verb, at)
-  if not errors.is(e) or e.kind == "cancelled" or e.kind == "usage" or e.node then return e end
-  return errors.new(e.kind, format("cluster %s: node %s failed to %s: %s", c.name, node.name, verb, e.message),
+  if not atom.is_error(e) or e.kind == "cancelled" or e.kind == "usage" or e.node then return e end
+  return atom.error(e.kind, format("cluster %s: node %s failed to %s: %s", c.name, node.name, verb, e.message),
     { node = node.name, cause = e, where = at.where or false, task = at.task })
 end
 
-local function call_site() return { where = errors.where(3), task = errors.task_name() } end
+local function call_site() return { where = atom.where(2), task = atom.name() } end
 
 local function exited_error(node, p, when)
-  local _, code, sig = p._c:status()
-  return errors.new("process", format("node %s (pid %d) exited with %s %s\n%s", node.name, p.pid,
+  local _, code, sig = p:status()
+  return atom.error("process", format("node %s (pid %d) exited with %s %s\n%s", node.name, p.pid,
     status_text(code, sig), when, tail_block(p)), { node = node.name, code = code, signal = sig })
 end
 
@@ -101,14 +96,11 @@ end
 -- (re)start spawns for it.
 
 local function spawn_for_owner(c, node, spec)
-  if c._owner then
-    node.proc = proc.spawn_as(c._owner, spec)
-  else
-    node.proc = proc.spawn(spec) -- never started: the current owner gets it
-  end
+  spec.owner = c._owner -- nil: never started, the current owner gets it
+  node.proc = atom.spawn(spec)
 end
 
-local function start_owner(c) c._owner = _atom.owner() end
+local function start_owner(c) c._owner = atom.owner() end
 local function stop_owner(c) c._owner = nil end
 
 -- }====
@@ -121,7 +113,7 @@ local function stop_owner(c) c._owner = nil end
 local function node_spec(c, node)
   local got = c._cmd(node, c)
   if type(got) ~= "table" then
-    errors.raise("usage", format("cluster %s: cmd must return a spawn spec (a table) for node %s, got %s",
+    raise("usage", format("cluster %s: cmd must return a spawn spec (a table) for node %s, got %s",
       c.name, node.name, type(got)))
   end
   local spec = {}
@@ -144,13 +136,13 @@ local function wait_ready(c, node, timeout)
     p:expect(ready, timeout)
   elseif ready then
     local exited = false
-    local ok, e = pcall(sched.wait_until, function()
+    local ok, e = pcall(atom.wait_until, function()
       if not p:is_running() then exited = true; return true end
       return ready(node, c)
     end, timeout)
     if not ok then
-      if errors.is(e, "timeout") then
-        errors.raise("timeout", format("%s not ready: %s\n%s", node.name, e.message, tail_block(p)),
+      if atom.is_error(e, "timeout") then
+        raise("timeout", format("%s not ready: %s\n%s", node.name, e.message, tail_block(p)),
           { last_error = e.last_error, last_value = e.last_value })
       end
       error(e, 0)
@@ -163,7 +155,7 @@ end
 local function start_node(c, node, timeout, for_owner)
   local spec = node_spec(c, node)
   node._state = "starting"
-  if for_owner then spawn_for_owner(c, node, spec) else node.proc = proc.spawn(spec) end
+  if for_owner then spawn_for_owner(c, node, spec) else node.proc = atom.spawn(spec) end
   wait_ready(c, node, timeout)
 end
 
@@ -180,7 +172,7 @@ local function stop_all(c)
     node._state = "down"
     if p then fns[#fns + 1] = function() p:stop() end end
   end
-  sched.gather(fns)
+  atom.gather(fns)
   stop_owner(c)
 end
 
@@ -195,14 +187,14 @@ function Cluster:start(opts)
   check_self(self, "start")
   local timeout = opt_timeout(opts, 1, "start", self._ready_timeout)
   local at = call_site()
-  checkpoint("c:start")
+  atom.checkpoint("c:start")
   for _, node in ipairs(self.nodes) do
     if node.proc and node.proc:is_running() then
-      errors.raise("usage", format("cluster %s is running (node %s); c:stop() it first", self.name, node.name))
+      raise("usage", format("cluster %s is running (node %s); c:stop() it first", self.name, node.name))
     end
   end
   start_owner(self)
-  local all, up = sync.event(), 0
+  local all, up = atom.event(), 0
   local fns = {}
   for i, node in ipairs(self.nodes) do
     fns[i] = function()
@@ -211,19 +203,19 @@ function Cluster:start(opts)
       up = up + 1
       if up == #self.nodes then all:set() end
       -- Still part of the start: an exit before the others are ready fails it.
-      if sched.race(function() all:wait() end, function() node.proc:wait() end) == 2 then
+      if atom.race(function() all:wait() end, function() node.proc:wait() end) == 2 then
         error(node_failure(self, node, exited_error(node, node.proc, "while the cluster started"), "start", at), 0)
       end
     end
   end
-  local ok, e = pcall(sched.gather, fns)
+  local ok, e = pcall(atom.gather, fns)
   for _, node in ipairs(self.nodes) do -- an exit in the very last moment
     if ok and not node.proc:is_running() then
       ok, e = false, node_failure(self, node, exited_error(node, node.proc, "while the cluster started"), "start", at)
     end
   end
   if not ok then
-    sched.shield(stop_all, self)
+    atom.shield(stop_all, self)
     error(e, 0)
   end
   for _, node in ipairs(self.nodes) do arm(node) end
@@ -237,7 +229,7 @@ end
 
 -- <close>: c:stop(), shielded so it may wait while the task is cancelled
 -- (SPEC §3 rule 4: the close of atom's own objects is a cleanup).
-mt.__close = function(self) sched.shield(stop_all, self) end
+mt.__close = function(self) atom.shield(stop_all, self) end
 mt.__tostring = function(self) return format("cluster %s (%d nodes)", self.name, #self.nodes) end
 
 --- Signal node i's group and return once the node has exited.
@@ -251,12 +243,12 @@ function Cluster:kill(i, sig, opts)
   if sig ~= nil and type(sig) ~= "string" and math.type(sig) ~= "integer" then
     argerror(2, "kill", "string or integer expected, got " .. type(sig))
   end
-  local num = _atom.proc_signum(sig or "TERM")
+  local num = atom.signum(sig or "TERM")
   if not num then argerror(2, "kill", format("unknown signal '%s'", tostring(sig))) end
   local timeout = opt_timeout(opts, 3, "kill", nil)
-  checkpoint("c:kill")
+  atom.checkpoint("c:kill")
   local p = node.proc
-  if not p then errors.raise("usage", format("c:kill: node %s was never started", node.name)) end
+  if not p then raise("usage", format("c:kill: node %s was never started", node.name)) end
   local paused = node._state == "paused"
   node._state = "down"
   p:kill(num)                      -- disarms critical
@@ -273,14 +265,14 @@ function Cluster:restart(i, opts)
   local node = node_arg(self, i, 1, "restart")
   local timeout = opt_timeout(opts, 2, "restart", self._ready_timeout)
   local at = call_site()
-  checkpoint("c:restart")
+  atom.checkpoint("c:restart")
   node._state = "down"
   if node.proc then node.proc:stop() end
   local ok, e = pcall(start_node, self, node, timeout, true)
   if not ok then
     node._state = "down"
     local p = node.proc
-    if p and p:is_running() then sched.shield(p.stop, p) end
+    if p and p:is_running() then atom.shield(p.stop, p) end
     error(node_failure(self, node, e, "restart", at), 0)
   end
   arm(node)
@@ -289,7 +281,7 @@ end
 local function running_node(self, i, fname)
   local node = node_arg(self, i, 1, fname)
   if not (node.proc and node.proc:is_running()) then
-    errors.raise("usage", format("c:%s: node %s is not running", fname, node.name))
+    raise("usage", format("c:%s: node %s is not running", fname, node.name))
   end
   return node
 end
@@ -358,16 +350,15 @@ end
 
 -- A fresh directory for node `name` under <file_dir>/nodes/.
 local function node_dir(name)
-  local base = state.file_dir or state.run_dir
-  if not base then errors.raise("usage", "atom.cluster needs a run (a scenario file or atom.run)") end
+  local base = atom.run_dir()
+  if not base then raise("usage", "atom.cluster needs a run (a scenario file or atom.run)") end
   local dir, k = base .. "/nodes/" .. name, 1
   while used_dirs[dir] do
     k = k + 1
     dir = format("%s/nodes/%s-%d", base, name, k)
   end
   used_dirs[dir] = true
-  _atom.mkdir_p(dir)
-  return dir
+  return atom.mkdir(dir)
 end
 
 ---@class atom.cluster_node
@@ -393,7 +384,7 @@ end
 ---@return table cluster with c.nodes, c.name, c.size
 function M.cluster(opts)
   check_opts(opts)
-  local free_port = require("atom.tcp").free_port
+  local free_port = atom.free_port
   local c = setmetatable({ name = opts.name or "node", size = opts.size, nodes = {},
     _cmd = opts.cmd, _ready = opts.ready, _ready_timeout = opts.ready_timeout or READY_TIMEOUT,
     _env = opts.env, _cwd = opts.cwd }, mt)

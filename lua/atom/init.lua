@@ -5,6 +5,70 @@ local _atom = require "_atom"
 local sched = require "atom.sched"
 local sync = require "atom.sync"
 local runner = require "atom.runner"
+local errors = require "atom.errors"
+local state = require "atom.state"
+
+-- {==== for libraries: what cluster.lua, trace.lua and users' own modules
+-- build on (a library module requires "atom" and nothing below it) ====
+
+--- A new error value of `kind` (SPEC §3 rule 5) whose tostring starts with the
+--- calling script's file:line; raise it with error(e).
+---@param kind string
+---@param message string
+---@param fields table|nil extra fields (cause, code, ...; where = false: no position)
+local function new_error(kind, message, fields)
+  errors.checktype(1, "error", kind, "string")
+  errors.checktype(2, "error", message, "string")
+  errors.checktype(3, "error", fields, "table", true)
+  return errors.new(kind, message, fields)
+end
+
+--- "file:line" of the innermost script frame (atom's own code skipped).
+local function where(level)
+  errors.checktype(1, "where", level, "number", true)
+  local w = errors.where((level or 1) + 1) -- not a tail call: it would move the levels
+  return w
+end
+
+--- This scenario file's directory in the run directory (absolute), created
+--- on first use; nil outside a run.
+local function run_dir()
+  local dir = state.file_dir or state.run_dir
+  if dir and not state._dir_made then
+    _atom.mkdir_p(dir)
+    state._dir_made = true
+  end
+  return dir
+end
+
+--- mkdir -p: create `path` and its parents; returns path.
+local function mkdir(path)
+  errors.checktype(1, "mkdir", path, "string")
+  _atom.mkdir_p(path)
+  return path
+end
+
+--- Add an event of `type` to the event log (--events), with `fields`.
+local function emit(type_, fields)
+  errors.checktype(1, "emit", type_, "string")
+  errors.checktype(2, "emit", fields, "table", true)
+  require("atom.events").emit(type_, fields)
+end
+
+--- The task that owns what the current task spawns (SPEC §4): the nearest
+--- test among it and its ancestors, else the root.
+local function owner()
+  _atom.checkpoint("owner")
+  return _atom.owner()
+end
+
+--- A signal's number ("TERM", "SIGTERM" or 15), or nil when unknown.
+local function signum(sig)
+  errors.checktype(1, "signum", sig, "string|number")
+  return _atom.proc_signum(sig)
+end
+
+-- }====
 
 local atom = {
   version = _atom.version,
@@ -15,13 +79,18 @@ local atom = {
   channel = sync.channel, event = sync.event, semaphore = sync.semaphore,
   test = runner.test, skip = runner.skip, run = runner.run,
   args = {},
+  error = new_error, is_error = errors.is, where = where, checkpoint = function(what)
+    errors.checktype(1, "checkpoint", what, "string", true)
+    _atom.checkpoint(what or "checkpoint")
+  end,
+  run_dir = run_dir, mkdir = mkdir, emit = emit, owner = owner, signum = signum,
   _stats = _atom.stats,
 }
 
 -- Topic modules load on first use, so a scenario pays only for what it
 -- touches (start-up time is a benchmark): name -> {module, field}.
 local lazy = {
-  assert_eq = { "atom.assert", "assert_eq" },
+  assert_eq = { "atom.assert", "assert_eq" }, repr = { "atom.assert", "render" },
   json = { "atom.json" }, base64 = { "atom.json", "base64" }, hex = { "atom.json", "hex" },
   spawn = { "atom.proc", "spawn" }, exec = { "atom.proc", "exec" }, sh = { "atom.proc", "sh" },
   http = { "atom.http" },

@@ -65,6 +65,7 @@ end
 local spawn_fields = {
   name = "string", cwd = "string", env = "table", env_clear = "boolean",
   stdin = "string", output = "string", critical = "boolean", grace = "number",
+  owner = "task",
 }
 local exec_fields = {
   name = "string", cwd = "string", env = "table", env_clear = "boolean",
@@ -96,7 +97,7 @@ local function parse_spec(spec, fields, fname, n)
       local want = type(k) == "string" and fields[k]
       if not want then
         bad(n, fname, format("unknown field '%s'", tostring(k)))
-      elseif type(v) ~= want then
+      elseif type(v) ~= want and want ~= "task" then
         bad(n, fname, format("field '%s' must be a %s, got %s", k, want, type(v)))
       end
     end
@@ -112,6 +113,9 @@ local function parse_spec(spec, fields, fname, n)
     bad(n, fname, "field 'output' must be \"capture\", \"inherit\" or \"null\"")
   end
   if spec.grace and spec.grace < 0 then bad(n, fname, "field 'grace' must not be negative") end
+  if spec.owner ~= nil and getmetatable(spec.owner) ~= debug.getregistry()["atom.task"] then
+    bad(n, fname, "field 'owner' must be a task (from atom.owner())")
+  end
   local t = spec.timeout
   if t and (t ~= t or t < 0) then bad(n, fname, "field 'timeout' must not be negative") end
   local env
@@ -126,7 +130,7 @@ local function parse_spec(spec, fields, fname, n)
     stdin = spec.stdin == "pipe" and "pipe" or nil,
     stdin_data = spec.stdin ~= "pipe" and spec.stdin or nil,
     output = spec.output or "capture", critical = spec.critical,
-    grace = spec.grace or 5,
+    grace = spec.grace or 5, owner = spec.owner,
   }
 end
 
@@ -348,6 +352,24 @@ function Process:output()
   return self._c:output()
 end
 
+--- The last n output lines (at most the lines still buffered).
+---@param n integer|nil (default 20)
+---@return string[]
+function Process:tail(n)
+  check_self(self, "tail")
+  errors.checktype(1, "tail", n, "number", true)
+  return self._c:tail(math.max(0, math.floor(n or TAIL_LINES)))
+end
+
+--- "running" or "exited", then the exit code and signal name once exited.
+---@return string state, integer|nil code, string|nil signal
+function Process:status()
+  check_self(self, "status")
+  local reaped, code, sig = self._c:status()
+  if not reaped then return "running" end
+  return "exited", code, sig
+end
+
 ---@return boolean
 function Process:is_running()
   check_self(self, "is_running")
@@ -365,7 +387,7 @@ local by_owner = setmetatable({}, { __mode = "k" })
 local function start(argv, o, name, log, again, header_always)
   o.name = name
   o.log = log
-  local p = { pid = 0, name = name, _cursor = 1, _output = o.output, _stdin = o.stdin,
+  local p = { pid = 0, name = name, log = log, _cursor = 1, _output = o.output, _stdin = o.stdin,
               _argv = argv, _log = log }
   o.wrapper = setmetatable(p, mt)
   local ok, c, owner = pcall(_atom.proc_spawn, o)
@@ -387,17 +409,13 @@ local function start(argv, o, name, log, again, header_always)
   return p, c
 end
 
---- Start a process; never waits. See SPEC §4 for the fields of `spec`.
----@param spec table argv in the array part, plus name, cwd, env, env_clear, stdin, output, critical, grace
+--- Start a process; never waits. See SPEC §4 for the fields of `spec`;
+--- `owner` (a task from atom.owner()) makes it that owner's instead of the
+--- caller's: atom.cluster's restarts belong to the owner at c:start().
+---@param spec table argv in the array part, plus name, cwd, env, env_clear, stdin, output, critical, grace, owner
 ---@return table process
-function M.spawn(spec) return M.spawn_as(nil, spec) end
-
---- Start a process owned by `owner` (a task handle from _atom.owner()), not
---- by the caller's owner (nil: the caller's): atom.cluster's restarts belong
---- to the owner at c:start() (SPEC §4). Arguments are checked as spawn's.
-function M.spawn_as(owner, spec)
+function M.spawn(spec)
   local argv, o = parse_spec(spec, spawn_fields, "spawn", 1)
-  o.owner = owner
   local name = spec.name or default_name(argv[1])
   local log, again
   if o.output == "capture" then log, again = log_path(name) end

@@ -198,10 +198,10 @@ function M.run(fn, ...)
   local before = { passed = counts.passed, failed = counts.failed }
   local first_failed = #failed_names + 1
   local dir = make_temp_dir()
-  local saved = { state.run_dir, state.file_dir, state._logs_made }
-  state.run_dir, state.file_dir, state._logs_made = dir, dir, false
+  local saved = { state.run_dir, state.file_dir, state._logs_made, state._dir_made }
+  state.run_dir, state.file_dir, state._logs_made, state._dir_made = dir, dir, false, false
   local res = table.pack(_atom.run(fn, ...))
-  state.run_dir, state.file_dir, state._logs_made = saved[1], saved[2], saved[3]
+  state.run_dir, state.file_dir, state._logs_made, state._dir_made = saved[1], saved[2], saved[3], saved[4]
   close_luv_handles()
   local ok = res[1]
   if not ok then error(with_dir(res[4], dir), 0) end

@@ -20,8 +20,14 @@ errors.task_name = function() return _atom.in_task_thread() and task_name() or n
 M.sleep = _atom.sleep
 M.now = _atom.now
 
----@param str string the current task's new name
-function M.name(str) _atom.rename(str) end
+--- Rename the current task; without an argument, return its name (nil
+--- outside a task).
+---@param str string|nil the current task's new name
+---@return string|nil
+function M.name(str)
+  if str == nil then return errors.task_name() end
+  _atom.rename(str)
+end
 
 --- Collect the functions of `gather(f1, ..., fn)` or `gather{f1, ..., fn}`.
 local function functions(fname, ...)

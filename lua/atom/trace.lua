@@ -15,7 +15,10 @@
 -- Quint qualifies the variables of an instantiated module (`import bank(..).*`
 -- in bank3 writes `bank3::bank::balances`): read them by that name, or
 -- normalise once in setup (ctx.trace is yours). docs/traces.md has the rest.
-local errors = require("atom.errors")
+-- A library on the public `atom` API only, as a user's own module would be.
+local atom = require("atom")
+
+local function raise(kind, message, fields) error(atom.error(kind, message, fields), 0) end
 
 local M = {}
 
@@ -36,7 +39,7 @@ local function walk(uv, dir, out, visited)
   local req, err = uv.fs_scandir(dir)
   if not req then
     local why = tostring(err):match("^%u+: ([^:]+)") or tostring(err)
-    errors.raise("itf", ("cannot read directory %s: %s"):format(dir, why))
+    raise("itf", ("cannot read directory %s: %s"):format(dir, why))
   end
   while true do
     local name, kind = uv.fs_scandir_next(req)
@@ -60,7 +63,9 @@ end
 ---@param paths string[] the TRACE arguments, in order
 ---@return string[] files, string[] from
 function M.collect(paths)
-  errors.checktype(1, "collect", paths, "table")
+  if type(paths) ~= "table" then
+    raise("usage", "bad argument #1 to 'collect' (table expected, got " .. type(paths) .. ")")
+  end
   local uv = require("luv")
   local files, from = {}, {}
   for _, arg in ipairs(paths) do
@@ -68,7 +73,7 @@ function M.collect(paths)
     if not st then
       -- luv says "ENOENT: no such file or directory: <path>"
       local why = tostring(err):match("^%u+: ([^:]+)") or tostring(err)
-      errors.raise("itf", ("cannot read trace %s: %s"):format(arg, why), { trace_file = arg })
+      raise("itf", ("cannot read trace %s: %s"):format(arg, why), { trace_file = arg })
     end
     if st.type == "directory" then
       local found = {}
@@ -89,7 +94,7 @@ end
 ---@param paths string[]
 ---@return table[] list of {path =, trace =}
 function M.decode_all(paths)
-  local itf = require("atom.itf")
+  local itf = atom.itf
   local out = {}
   for i, path in ipairs(paths) do
     out[i] = { path = path, trace = itf.load(path) }
@@ -113,7 +118,7 @@ end
 ---@param r any the reactor file's result
 ---@param path string the reactor file, for messages
 function M.check_reactor(r, path)
-  local function bad(msg) errors.raise("usage", ("reactor %s: %s"):format(path, msg)) end
+  local function bad(msg) raise("usage", ("reactor %s: %s"):format(path, msg)) end
   if type(r) ~= "table" then
     bad("must return a table with a 'steps' table, got " .. (r == nil and "nothing" or type(r)))
   end
@@ -179,24 +184,24 @@ function M.actions(reactor, trace, path)
       -- any other reason the trace cannot start.
       local ok, got = pcall(spec, state)
       if not ok then
-        if errors.is(got, "cancelled") then error(got, 0) end
-        local text = errors.is(got) and got.message or tostring(got)
-        errors.raise("usage", ("%s: the reactor's action function failed: %s"):format(where, text))
+        if atom.is_error(got, "cancelled") then error(got, 0) end
+        local text = atom.is_error(got) and got.message or tostring(got)
+        raise("usage", ("%s: the reactor's action function failed: %s"):format(where, text))
       end
       name = got
     else
       name = at_path(state, spec)
     end
     if name == nil then
-      errors.raise("itf", ("%s: no action name at %s; known steps: %s"):format(
+      raise("itf", ("%s: no action name at %s; known steps: %s"):format(
         where, type(spec) == "function" and "the reactor's action function" or ("%q"):format(spec), known))
     end
     if type(name) ~= "string" then
-      errors.raise("itf", ("%s: the action name must be a string, got %s; known steps: %s"):format(
-        where, require("atom.assert").render(name, 80), known))
+      raise("itf", ("%s: the action name must be a string, got %s; known steps: %s"):format(
+        where, atom.repr(name, 80), known))
     end
     if reactor.steps[name] == nil then
-      errors.raise("usage", ("%s: no step for action %q; known steps: %s"):format(where, name, known))
+      raise("usage", ("%s: no step for action %q; known steps: %s"):format(where, name, known))
     end
     names[i] = name
   end
@@ -214,7 +219,7 @@ local function model_state(state)
   for k, v in pairs(state) do
     if k ~= "meta" then copy[k] = v end
   end
-  return require("atom.assert").render(copy, STATE_LIMIT)
+  return atom.repr(copy, STATE_LIMIT)
 end
 
 -- Run fn(...) and, if it fails, raise its error with `prefix` in front and the
@@ -223,13 +228,13 @@ end
 local function guarded(prefix, state, fn, ...)
   local ok, err = pcall(fn, ...)
   if ok then return end
-  if errors.is(err, "cancelled") then error(err, 0) end
+  if atom.is_error(err, "cancelled") then error(err, 0) end
   local suffix = state and ("\nmodel state: " .. model_state(state)) or ""
-  if errors.is(err) then
+  if atom.is_error(err) then
     err.message = prefix .. tostring(err.message) .. suffix
     error(err, 0)
   end
-  local text = type(err) == "string" and err or require("atom.assert").render(err, 200)
+  local text = type(err) == "string" and err or atom.repr(err, 200)
   error(prefix .. text .. suffix, 0)
 end
 
@@ -240,7 +245,6 @@ end
 function M.replay(reactor, ctx)
   local trace, path = ctx.trace, ctx.path
   local names = M.actions(reactor, trace, path)
-  local events = require("atom.events")
   if reactor.setup then
     guarded(("trace %s, setup: "):format(path), nil, reactor.setup, ctx)
   end
@@ -251,7 +255,7 @@ function M.replay(reactor, ctx)
     local prefix = k ~= nil
       and ("trace %s, step %d (#meta.index %s), action %s: "):format(path, i, tostring(k), name)
       or ("trace %s, step %d, action %s: "):format(path, i, name)
-    events.emit("trace_step", { trace = path, index = i, meta_index = k, action = name })
+    atom.emit("trace_step", { trace = path, index = i, meta_index = k, action = name })
     guarded(prefix, state, reactor.steps[name], ctx, state, prev)
     if reactor.check then guarded(prefix .. "check: ", state, reactor.check, ctx, state) end
     prev = state
@@ -265,7 +269,6 @@ end
 ---@param traces table[] from decode_all
 ---@param index integer|nil the first trace's position in the run (default 1)
 function M.run(reactor, traces, index)
-  local atom = require("atom")
   local results = {}
   for i, t in ipairs(traces) do
     local function body()
