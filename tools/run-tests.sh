@@ -27,7 +27,7 @@ if ls spec/c/*.c >/dev/null 2>&1; then
   mkdir -p "$BUILD/ctest"
   for t in spec/c/*.c; do
     exe="$BUILD/ctest/$(basename "$t" .c)"
-    cc -g -O1 -D_GNU_SOURCE -Isrc $(pkg-config --cflags libuv) -o "$exe" "$t" $(pkg-config --libs libuv) -lpthread
+    cc -g -O1 -D_GNU_SOURCE -Isrc $(pkg-config --cflags libuv lua5.4) -o "$exe" "$t" $(pkg-config --libs libuv) -lpthread
     if "$exe" >/dev/null 2>"$exe.err"; then
       echo "ok   $t"; passed=$((passed + 1))
     else
