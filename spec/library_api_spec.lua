@@ -145,7 +145,9 @@ describe("library API", function()
 
   it("cluster.lua and trace.lua use nothing below the public atom module", function()
     for _, f in ipairs { "lua/atom/cluster.lua", "lua/atom/trace.lua" } do
-      local src = assert(io.open(f)):read("a")
+      local fh = assert(io.open(f))
+      local src = fh:read("a")
+      fh:close()
       assert.is_nil(src:find("_atom", 1, true), f)
       for _, m in ipairs { "atom.state", "atom.events", "atom.errors", "atom.sched", "atom.proc",
         "atom.sync", "atom.assert" } do
