@@ -21,7 +21,10 @@ BIN_LIBS := -Wl,-E -Wl,-Bstatic -llua5.4-luv -llua5.4 -luv_a -Wl,-Bdynamic -lm -
 # The module gets Lua from the interpreter that loads it.
 SO_LIBS  := -llua5.4-luv -luv -lm -ldl -lpthread
 
-.PHONY: all deps demo test check bench lint clean
+PREFIX   ?= /usr/local
+LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
+
+.PHONY: all deps demo test check bench lint clean install
 all: $(BUILD)/atomlua $(BUILD)/atom.so
 
 HDRS     := $(wildcard src/*.h)
@@ -66,6 +69,16 @@ check: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@sh bench/run.sh $(BUILD)
+
+# The binary, the Lua module, the editor annotations (atomlua --types-path)
+# and the manual page.
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_CMOD) $(DESTDIR)$(PREFIX)/share/atomlua/types \
+	  $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 $(BUILD)/atomlua $(DESTDIR)$(PREFIX)/bin/atomlua
+	install -m 644 $(BUILD)/atom.so $(DESTDIR)$(LUA_CMOD)/atom.so
+	install -m 644 types/atom.lua $(DESTDIR)$(PREFIX)/share/atomlua/types/atom.lua
+	install -m 644 docs/atomlua.1 $(DESTDIR)$(PREFIX)/share/man/man1/atomlua.1
 
 lint:
 	clang-format --dry-run -Werror src/*.c src/*.h

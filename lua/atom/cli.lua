@@ -10,7 +10,7 @@ local M = {}
 local USAGE = [[
 usage: atomlua run [options] SCENARIO.lua... [-- script args]
        atomlua trace --reactor REACTOR.lua [options] TRACE.itf.json|DIR...
-       atomlua version | atomlua help [command]
+       atomlua version | atomlua help [command] | atomlua --types-path
 ]]
 
 local HELP_RUN = [[
@@ -273,6 +273,22 @@ local function run_command(o, argv, command)
   return exit
 end
 
+-- The directory of the LuaLS annotations (types/atom.lua): installed beside
+-- the binary (PREFIX/share/atomlua/types), or in the source tree of a build.
+local function types_path()
+  local uv = require("luv")
+  local exe = uv.exepath() or ""
+  local bin = exe:match("^(.*)/[^/]*$") or "."
+  for _, dir in ipairs { bin .. "/../share/atomlua/types", bin .. "/../types" } do
+    local real = uv.fs_realpath(dir .. "/atom.lua")
+    if real then
+      print((real:gsub("/atom%.lua$", "")))
+      return 0
+    end
+  end
+  return bad_input("no types/atom.lua beside " .. exe .. " (install with make install)")
+end
+
 ---@param args string[] the command line without the program name
 ---@return integer exit status
 function M.main(args)
@@ -285,6 +301,8 @@ function M.main(args)
     io.stdout:write(USAGE)
     if args[2] == "run" or args[2] == "trace" then io.stdout:write("\n", HELP_RUN) end
     return 0
+  elseif command == "--types-path" then
+    return types_path()
   elseif command ~= "run" and command ~= "trace" then
     return usage_error("unknown command " .. command)
   end
