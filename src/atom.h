@@ -146,6 +146,7 @@ void http_register(lua_State *L);
 void net_register(lua_State *L);
 void json_register(lua_State *L);
 void bytes_register(lua_State *L);
+void rawpipe_register(lua_State *L);
 
 /* Processes owned by a task (a test or a root): a list head the proc module
  * keeps in the task record. The scheduler calls proc_kill_owned when the

@@ -108,6 +108,7 @@ int runtime_open(lua_State *L, bool cli) {
   net_register(L);
   json_register(L);
   bytes_register(L);
+  rawpipe_register(L);
   util_register_extra(L);
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");

@@ -542,6 +542,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
         .fd_in = o->stdin_mode != STDIN_NULL ? in[0] : nul,
         .fd_out = o->output == OUT_CAPTURE ? out[1]
                   : o->output == OUT_NULL  ? nul
+                  : o->output == OUT_FD    ? o->out_fd
                                            : -1,
         .fd_err = o->output == OUT_CAPTURE ? errp[1]
                   : o->output == OUT_NULL  ? nul

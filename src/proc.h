@@ -103,13 +103,14 @@ void outbuf_tail_copy(const struct outbuf *o, int s, char *dst);
 #include "atom.h"
 
 enum { STDIN_NULL, STDIN_PIPE, STDIN_DATA };
-enum { OUT_CAPTURE, OUT_INHERIT, OUT_NULL };
+enum { OUT_CAPTURE, OUT_INHERIT, OUT_NULL, OUT_FD }; /* OUT_FD: stdout out_fd, stderr inherited */
 enum { W_LINE, W_EXIT, W_STOP, W_WRITE };
 
 struct proc_opts {
   const char *path, *cwd, *name;
   char *const *argv, *const *envp;
   int stdin_mode, output, logfd;
+  int out_fd; /* with OUT_FD: the child's stdout (rawpipe.c's io.popen) */
   bool critical, keep_lines;
   double grace;
   size_t tail_max;

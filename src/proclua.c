@@ -140,7 +140,8 @@ static const char *opt_str(lua_State *L, int t, const char *k) {
 /* _atom.proc_spawn(opts) -> handle, owner task (or nil). opts: argv, env,
  * env_clear, cwd, stdin ("pipe" | nil), stdin_data, output, log, log_shared
  * (exec.log: kept open for the next exec), tail, lines, critical, grace,
- * name, wrapper (the public object). */
+ * name, wrapper (the public object), stdout_fd (with output = "fd"), exe
+ * (the program to run instead of argv[0]). */
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -173,7 +174,11 @@ static int l_spawn(lua_State *L) {
   const char *out = opt_str(L, 1, "output");
   o.output = !out || strcmp(out, "capture") == 0 ? OUT_CAPTURE
              : strcmp(out, "inherit") == 0       ? OUT_INHERIT
+             : strcmp(out, "fd") == 0            ? OUT_FD
                                                  : OUT_NULL;
+  lua_getfield(L, 1, "stdout_fd"); /* output = "fd" (io.popen): the child's stdout */
+  o.out_fd = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 1, "critical");
   o.critical = lua_toboolean(L, -1);
   lua_getfield(L, 1, "lines");
@@ -185,7 +190,9 @@ static int l_spawn(lua_State *L) {
   lua_pop(L, 4);
 
   char path[4096];
-  int r = spawn_lookup(argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path, sizeof path);
+  const char *exe = opt_str(L, 1, "exe"); /* the program, when argv[0] is not it */
+  int r = spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path,
+                       sizeof path);
   if (r == -ENOENT && !strchr(argv[0], '/'))
     return util_error(L, "spawn", "cannot spawn %s: not found on PATH", argv[0]);
   if (r) return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-r));

@@ -108,5 +108,8 @@ setmetatable(atom, { __index = function(t, k)
   return v
 end })
 
+-- Lua's os.execute and io.popen wait as tasks do inside tasks (SPEC §15).
+require("atom.blocking").install()
+
 package.loaded.atom = atom
 return atom

@@ -478,6 +478,17 @@ function M.sh(cmdline, opts)
   return out
 end
 
+--- `/bin/sh -c cmd` for Lua's own os.execute and io.popen (atom.blocking):
+--- named "sh" and owned like a spawn; stdin from /dev/null (or a pipe with
+--- `stdin_pipe`), stdout and stderr inherited, stdout on `stdout_fd` if given.
+---@return table process, userdata c (the C handle)
+function M.start_shell(cmd, stdout_fd, stdin_pipe)
+  local argv = { "sh", "-c", cmd } -- what system(3) and popen(3) run
+  local o = { argv = argv, exe = "/bin/sh", output = stdout_fd and "fd" or "inherit", stdout_fd = stdout_fd,
+    stdin = stdin_pipe and "pipe" or nil, grace = 5 }
+  return start(argv, o, "sh", nil, false, false)
+end
+
 -- }====
 
 -- {==== hooks: exits and the owner's end ====

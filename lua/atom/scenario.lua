@@ -33,7 +33,15 @@ local function start_live()
     forward({ type = "_output", text = concat(parts) })
     return io.stdout
   end
+  -- A child of os.execute or io.popen writes to the terminal directly:
+  -- the status line is cleared and stays off until no such child runs.
+  local held = 0
+  state.live_hold = function(delta)
+    held = held + delta
+    if delta > 0 and held == 1 then forward({ type = "_tick", hide = true }) end
+  end
   M.tick = function()
+    if held > 0 then return end
     local tests = {}
     for name in pairs(evidence.running) do tests[#tests + 1] = name end
     table.sort(tests)

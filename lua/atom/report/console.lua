@@ -170,10 +170,19 @@ local function ulen(s) return utf8.len(s) end
 
 --- Redraw the live status line (a no-op unless live). Called by the runner
 --- about once a second.
----@param status table {elapsed = seconds, tests = {names running}, procs = integer}
+---@param status table {elapsed = seconds, tests = {names running}, procs = integer, hide = true: clear it}
 function M:tick(status)
   -- A user's unfinished line would be erased by "\r\27[K"; wait for its "\n".
-  if not self.live or self._partial then return end
+  if not self.live then return end
+  if status and status.hide then -- a child writes to the terminal (os.execute, io.popen)
+    if self._live_shown then
+      self.out:write(CLEAR_LINE)
+      self._live_shown = false
+      self:_flush()
+    end
+    return
+  end
+  if self._partial then return end
   status = status or {}
   local tail = ""
   local n = status.procs or 0
