@@ -75,6 +75,12 @@ local function start_shell(cmd, stdout_fd, stdin_pipe)
   return p, c
 end
 
+-- A wait that raised (cancelled, timed out): SIGKILL what is left of the
+-- group, also when the shell itself has exited already.
+local function kill_group(c)
+  if not c:kill(9) then c:signal(9) end
+end
+
 -- {==== os.execute ====
 
 --- os.execute([cmd]): run cmd through /bin/sh -c as a process of the task.
@@ -93,7 +99,10 @@ function M.execute(...)
   -- kill_on_cancel: a cancelled wait SIGKILLs the group and reaps the shell.
   local ok, code, sig = pcall(c.wait, c, nil, nil, false, true, "os.execute")
   hold_live(-1)
-  if not ok then error(code, 0) end
+  if not ok then
+    kill_group(c)
+    error(code, 0)
+  end
   return execresult(code, sig)
 end
 
@@ -347,7 +356,10 @@ function File:close()
   if self._mode == "w" then c:close_stdin() end
   local ok, code, sig = pcall(c.wait, c, nil, nil, false, true, "close")
   hold_live(-1)
-  if not ok then error(code, 0) end
+  if not ok then
+    kill_group(c)
+    error(code, 0)
+  end
   return execresult(code, sig)
 end
 
@@ -361,14 +373,17 @@ file_mt.__close = function(f)
   if not f._closed then f:close() end
 end
 
--- Collected open: no waiting in a finalizer, so stop the shell's group with
--- SIGTERM; the owner's end stops whatever ignored it.
+-- Collected open: no waiting in a finalizer, so SIGTERM (then SIGCONT, as
+-- p:stop does) the shell's group, also when the shell itself has exited;
+-- the owner's end stops whatever ignored it.
 file_mt.__gc = function(f)
   if f._closed then return end
   f._closed = true
   if f._rp then f._rp:close() end
   hold_live(-1)
-  pcall(f._c.kill, f._c, 15)
+  local c = f._c
+  pcall(c.signal, c, 15)
+  pcall(c.signal, c, 18)
 end
 
 --- io.popen(cmd [, mode]): "r" reads the shell's stdout, "w" writes its stdin.
