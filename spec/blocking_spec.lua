@@ -150,10 +150,18 @@ end)
 
 describe("io.popen inside a task", function()
   -- The same reads with Lua's popen (outside atom.run) and ours.
+  -- Ours must be in use inside atom.run: not a C FILE* (which blocks).
   local function both(fn)
     local want = fn(orig.popen)
-    local got
-    run(function() got = fn(io.popen) end)
+    local got, real = nil, false
+    run(function()
+      got = fn(function(...)
+        local f = io.popen(...)
+        if getmetatable(f) == getmetatable(io.stdout) then real = true end
+        return f
+      end)
+    end)
+    assert.is_false(real, "io.popen inside atom.run returned Lua's own FILE*")
     return want, got
   end
 
@@ -238,6 +246,7 @@ describe("io.popen inside a task", function()
         pack(f:seek()), pack(f:seek("set", 0)), pack(f:setvbuf("no")), pack(f:flush()),
         pack(f:write("x")), pack(w:read("l")), w:write("a") == w,
       }
+      r[#r + 1] = f:read("a") -- before close: no SIGPIPE race for printf
       r[#r + 1] = pack(f:close())
       r[#r + 1] = pack(io.close(w))
       r[#r + 1] = io.type(f)
@@ -314,5 +323,19 @@ describe("io.popen inside a task", function()
     assert.are.equal("plain\n", f:read("a"))
     f:close()
     assert.are.same({ n = 3, nil, "exit", 2 }, pack(os.execute("exit 2")))
+  end)
+end)
+
+describe("the live status line", function()
+  it("is cleared while a child of os.execute or io.popen writes to the terminal", function()
+    local console = require "atom.report.console"
+    local text = {}
+    local out = { write = function(_, s) text[#text + 1] = s end, flush = function() end }
+    local c = console.new({ out = out, color = true })
+    c:tick({ elapsed = 1, tests = { "a" }, procs = 1 })
+    c:tick({ hide = true })
+    assert.are.equal("\r\27[K⋯ 1.0s running: a (1 process)\r\27[K", table.concat(text))
+    c:tick({ hide = true }) -- nothing shown: nothing written
+    assert.are.equal(2, #text)
   end)
 end)
