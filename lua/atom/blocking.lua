@@ -92,7 +92,7 @@ function M.execute(...)
   checkpoint("os.execute")
   -- Lua's os.execute has the C library flush nothing either, but a line the
   -- script is still building would come after the child's output.
-  io.stdout:flush()
+  pcall(io.stdout.flush, io.stdout)
   local p, c = start_shell(cmd, nil, false)
   if not p then return nil, c end
   hold_live(1)
@@ -394,7 +394,7 @@ function M.popen(...)
   mode = mode == nil and "r" or checkstring(2, "io.popen", mode)
   if mode ~= "r" and mode ~= "w" then argerror(2, "io.popen", "invalid mode") end
   checkpoint("io.popen")
-  io.stdout:flush()
+  pcall(io.stdout.flush, io.stdout)
   local f = { _mode = mode, _buf = "", _pos = 1, _eof = false, _closed = false }
   local p, c
   if mode == "r" then
