@@ -10,6 +10,7 @@ local M = {}
 local USAGE = [[
 usage: atomlua run [options] SCENARIO.lua... [-- script args]
        atomlua trace --reactor REACTOR.lua [options] TRACE.itf.json|DIR...
+       atomlua report EVENTS.ndjson --html PATH
        atomlua version | atomlua help [command] | atomlua --types-path
 ]]
 
@@ -21,6 +22,7 @@ Options of run and trace:
   --fail-fast       stop after the first failed test (exit 1)
   --junit PATH      write a JUnit XML report
   --events PATH     write an NDJSON event log
+  --html PATH       write a self-contained HTML report (timeline, failures)
   --workdir DIR     where run directories go (default .atomlua/runs)
   --keep            keep the run directory even when the run exits 0
   -v, -q            more / less console output
@@ -39,7 +41,7 @@ end
 
 -- Options taking a value, and flags.
 local VALUED = { timeout = true, grace = true, filter = true, junit = true, events = true,
-  workdir = true, seed = true, reactor = true }
+  workdir = true, seed = true, reactor = true, html = true }
 local FLAGS = { ["fail-fast"] = true, keep = true }
 
 local function parse(args, command)
@@ -136,13 +138,14 @@ local function make_reporters(o)
   list[#list + 1] = con
   if o.junit then list[#list + 1] = require("atom.report.junit").new({ path = o.junit }) end
   if o.events then list[#list + 1] = require("atom.report.events").new({ path = o.events }) end
+  if o.html then list[#list + 1] = require("atom.report.html").new({ path = o.html }) end
   local function emit(ev)
     local ty = ev.type
     if ty == "_tick" then return con:tick(ev) end
     if ty == "_output" then return con:write_user(ev.text) end
     for _, r in ipairs(list) do r:on_event(ev) end
   end
-  _atom.set_forward(emit, o.events ~= nil) -- every event type only for --events
+  _atom.set_forward(emit, o.events ~= nil or o.html ~= nil) -- every event type only for --events/--html
   events.clock = _atom.now
   events.subscribe(emit)
   return list, color
@@ -201,7 +204,10 @@ local function run_command(o, argv, command)
   local run_dir = ("%s/%s-%s-%s"):format(workdir, os.date("%Y%m%d-%H%M%S"), name, random_chars(6))
   local okd, derr = pcall(_atom.mkdir_p, run_dir)
   if not okd then return bad_input(tostring(type(derr) == "table" and derr.message or derr)) end
-  events.emit("run_start", { version = _atom.version, argv = argv, seed = seed })
+  -- `command` re-runs with the same seed; it keeps the seed exact where a
+  -- JSON reader would turn a number above 2^53 into a float.
+  events.emit("run_start", { version = _atom.version, argv = argv, seed = seed,
+    command = require("atom.report.common").rerun_command(argv, seed) })
   local total = { passed = 0, failed = 0, skipped = 0 }
   local scenario_error, matched, exit_override, fail_fast_hit, scenario_error_file = false, false, nil, false, nil
   local units = command == "trace" and { { file = o.reactor, entry = "atom.scenario" } } or {}
@@ -289,6 +295,41 @@ local function types_path()
   return bad_input("no types/atom.lua beside " .. exe .. " (install with make install)")
 end
 
+-- atomlua report EVENTS.ndjson --html PATH: the page --html would have
+-- written, from a saved events log.
+local function report_command(args)
+  local log, html
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--html" then
+      i = i + 1
+      html = args[i]
+      if html == nil then return usage_error("option --html needs a value") end
+    elseif a:match("^%-%-html=") then
+      html = a:sub(8)
+    elseif a:sub(1, 1) == "-" then
+      return usage_error("unknown option " .. a .. " for report")
+    elseif log then
+      return usage_error("report takes one events file")
+    else
+      log = a
+    end
+    i = i + 1
+  end
+  if not log then return usage_error("report needs an events file (from --events)") end
+  if not html or html == "" then return usage_error("report needs --html PATH") end
+  local page = require("atom.report.html")
+  local ok, records = pcall(page.read_log, log)
+  if not ok then return bad_input(tostring(records)) end
+  local wok, werr = page.write(html, records)
+  if not wok then
+    io.stderr:write("atomlua: cannot write the HTML report ", html, ": ", tostring(werr), "\n")
+    return 3
+  end
+  return 0
+end
+
 ---@param args string[] the command line without the program name
 ---@return integer exit status
 function M.main(args)
@@ -303,6 +344,8 @@ function M.main(args)
     return 0
   elseif command == "--types-path" then
     return types_path()
+  elseif command == "report" then
+    return report_command({ table.unpack(args, 2) })
   elseif command ~= "run" and command ~= "trace" then
     return usage_error("unknown command " .. command)
   end

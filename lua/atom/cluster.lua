@@ -162,6 +162,7 @@ end
 local function arm(node)
   node._state = "up"
   node.proc.critical = true
+  atom.emit("process_ready", { name = node.name, pid = node.proc.pid })
 end
 
 -- Stop every node at once (p:stop() sends SIGCONT too, so paused nodes go).

@@ -320,11 +320,13 @@ end
 function Process:pause()
   check_self(self, "pause")
   self._c:signal(_atom.proc_signum("STOP"))
+  events.emit("process_pause", { name = self.name, pid = self.pid })
 end
 
 function Process:resume()
   check_self(self, "resume")
   self._c:signal(_atom.proc_signum("CONT"))
+  events.emit("process_resume", { name = self.name, pid = self.pid })
 end
 
 --- Write to stdin (spawned with stdin = "pipe"); returns when the pipe took it.

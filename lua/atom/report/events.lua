@@ -58,25 +58,48 @@ function M.record(ev)
   for _, k in ipairs(LISTS) do
     if type(rec[k]) == "table" and json.array then rec[k] = json.array(rec[k]) end
   end
+  -- What a report shows of a failure (traceback frames, forensics, log
+  -- tails, last RPC), so a saved log renders the same HTML page.
+  if (ev.type == "test_end" and ev.status == "failed") or (ev.type == "scenario_end" and ev.status == "error") then
+    local d = common.failure(ev)
+    d.error = nil
+    rec.details = clean(d, {})
+  end
   return rec
 end
 
---- Write one event as a line (flushed). `t` is clamped to be non-decreasing.
+--- The line for one event (no newline), as --events writes it; `state`
+--- ({last_t =, saw_run_end =}) keeps `t` non-decreasing across calls.
+---@param state table
 ---@param ev table
-function M:on_event(ev)
-  if not self.file then return end
+---@return string
+function M.line(state, ev)
   local rec = M.record(ev)
-  local t = tonumber(rec.t) or self.last_t
-  if t < self.last_t then t = self.last_t end
-  rec.t, self.last_t = t, t
-  if rec.type == "run_end" then self.saw_run_end = true end
+  local t = tonumber(rec.t) or state.last_t
+  if t < state.last_t then t = state.last_t end
+  rec.t, state.last_t = t, t
+  if rec.type == "run_end" then state.saw_run_end = true end
   local ok, line = pcall(json.encode, rec)
   if not ok then
     -- Never lose the line: record what could not be encoded, and why.
     line = json.encode({ t = t, type = tostring(rec.type),
       encode_error = common.utf8_repair(tostring(line)) })
   end
-  self.file:write(line, "\n")
+  return line
+end
+
+--- The run_end event from the summary, for reporters when the runner did not
+--- emit one.
+function M.run_end_from(summary, t)
+  return { type = "run_end", t = summary.t or t, passed = summary.passed, failed = summary.failed,
+    skipped = summary.skipped, exit = summary.exit, reason = summary.reason }
+end
+
+--- Write one event as a line (flushed). `t` is clamped to be non-decreasing.
+---@param ev table
+function M:on_event(ev)
+  if not self.file then return end
+  self.file:write(M.line(self, ev), "\n")
   self.file:flush()
 end
 
@@ -84,11 +107,7 @@ end
 ---@param summary table {passed=, failed=, skipped=, exit=, reason=}
 function M:finish(summary)
   if not self.file then return end
-  if not self.saw_run_end and summary then
-    self:on_event({ type = "run_end", t = summary.t or self.last_t, passed = summary.passed,
-      failed = summary.failed, skipped = summary.skipped, exit = summary.exit,
-      reason = summary.reason })
-  end
+  if not self.saw_run_end and summary then self:on_event(M.run_end_from(summary, self.last_t)) end
   self.file:close()
   self.file = nil
 end
