@@ -27,6 +27,7 @@ Options of run and trace:
   --keep            keep the run directory even when the run exits 0
   -v, -q            more / less console output
   --seed N          seed math.random in each scenario (0 .. 2^63-1)
+  --shard K/N       run only every N-th file, starting with the K-th (CI)
 ]]
 
 local function usage_error(msg)
@@ -41,7 +42,7 @@ end
 
 -- Options taking a value, and flags.
 local VALUED = { timeout = true, grace = true, filter = true, junit = true, events = true,
-  workdir = true, seed = true, reactor = true, html = true }
+  workdir = true, seed = true, reactor = true, html = true, shard = true }
 local FLAGS = { ["fail-fast"] = true, keep = true }
 
 local function parse(args, command)
@@ -97,7 +98,27 @@ local function parse(args, command)
     end
     o.seed = n
   end
+  if o.shard ~= nil then
+    local k, n = o.shard:match("^(%d+)/(%d+)$")
+    k, n = math.tointeger(tonumber(k)), math.tointeger(tonumber(n))
+    if not k or not n or k < 1 or k > n then
+      return nil, ("option --shard needs K/N with 1 <= K <= N, got %q"):format(o.shard)
+    end
+    o.shard = { k, n }
+  end
   return o
+end
+
+-- SPEC §13: of the sorted paths, those at 1-based position p with
+-- (p - 1) % N == K - 1, so N machines given the same arguments run each once.
+local function shard_of(paths, shard)
+  local sorted = { table.unpack(paths) }
+  table.sort(sorted)
+  local out = {}
+  for p, path in ipairs(sorted) do
+    if (p - 1) % shard[2] == shard[1] - 1 then out[#out + 1] = path end
+  end
+  return out
 end
 
 local function basename(path) return (path:gsub("/+$", ""):match("([^/]+)$") or path) end
@@ -194,19 +215,35 @@ local function run_command(o, argv, command)
     end)
     if not okp then return bad_input(tostring(type(res) == "table" and res.message or res)) end
     prepared = res
+    if o.shard then -- the traces are the files to share out
+      local keep, picked = {}, { paths = {}, from = {} }
+      for _, path in ipairs(shard_of(res.paths, o.shard)) do keep[path] = true end
+      for i, path in ipairs(res.paths) do
+        if keep[path] then
+          picked.paths[#picked.paths + 1], picked.from[#picked.from + 1] = path, res.from[i]
+        end
+      end
+      prepared = picked
+    end
+  elseif o.shard then
+    o.files = shard_of(o.files, o.shard)
   end
+  local shard_empty = o.shard and #(prepared and prepared.paths or o.files) == 0
   local seed = o.seed or fresh_seed()
   local okr, reporters, live = pcall(make_reporters, o)
   if not okr then return bad_input(tostring(reporters)) end
   _atom.set_limits(o.timeout, o.grace or 10)
   local workdir = o.workdir or ".atomlua/runs"
-  local name = stem(command == "trace" and o.reactor or o.files[1])
+  local name = stem(command == "trace" and o.reactor or o.files[1] or "shard")
   local run_dir = ("%s/%s-%s-%s"):format(workdir, os.date("%Y%m%d-%H%M%S"), name, random_chars(6))
   local okd, derr = pcall(_atom.mkdir_p, run_dir)
   if not okd then return bad_input(tostring(type(derr) == "table" and derr.message or derr)) end
   -- `command` re-runs with the same seed; it keeps the seed exact where a
   -- JSON reader would turn a number above 2^53 into a float.
-  events.emit("run_start", { version = _atom.version, argv = argv, seed = seed,
+  if shard_empty then
+    print(("shard %d/%d selects none of the given files: nothing to run"):format(o.shard[1], o.shard[2]))
+  end
+  events.emit("run_start", { version = _atom.version, argv = argv, seed = seed, shard = o.shard,
     command = require("atom.report.common").rerun_command(argv, seed) })
   local total = { passed = 0, failed = 0, skipped = 0 }
   local scenario_error, matched, exit_override, fail_fast_hit, scenario_error_file = false, false, nil, false, nil
@@ -214,6 +251,7 @@ local function run_command(o, argv, command)
   if command == "run" then
     for _, f in ipairs(o.files) do units[#units + 1] = { file = f, entry = "atom.scenario" } end
   end
+  if shard_empty then units = {} end
   local dirs = file_dirs(run_dir, command == "run" and o.files or { o.reactor })
   for i, u in ipairs(units) do
     if _atom.stop_reason() or fail_fast_hit then break end
@@ -268,7 +306,7 @@ local function run_command(o, argv, command)
   if not kept then remove_tree(run_dir) end
   local summary = { passed = total.passed, failed = total.failed, skipped = total.skipped, exit = exit,
     reason = reason, reason_text = exit ~= 2 and reason_text or nil, seed = seed, argv = argv,
-    run_dir = kept and run_dir or nil }
+    run_dir = kept and run_dir or nil, shard = o.shard }
   events.emit("run_end", { passed = total.passed, failed = total.failed, skipped = total.skipped,
     exit = exit, reason = reason })
   for _, r in ipairs(reporters) do

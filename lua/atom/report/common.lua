@@ -164,7 +164,8 @@ end
 
 -- Options whose value is the next argument (so a value "--seed" is kept).
 local VALUED = { ["--timeout"] = true, ["--grace"] = true, ["--filter"] = true,
-  ["--junit"] = true, ["--events"] = true, ["--workdir"] = true, ["--reactor"] = true }
+  ["--junit"] = true, ["--events"] = true, ["--workdir"] = true, ["--reactor"] = true,
+  ["--html"] = true, ["--shard"] = true }
 
 --- The command that re-runs with `seed`: argv with any --seed replaced by
 --- `--seed N` right after the command word.

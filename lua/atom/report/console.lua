@@ -227,6 +227,7 @@ function M:finish(summary)
   local failed, skipped = summary.failed or 0, summary.skipped or 0
   local close = ("%d passed, %d failed"):format(summary.passed or 0, failed)
   if skipped > 0 then close = close .. (", %d skipped"):format(skipped) end
+  if summary.shard then close = close .. (" (shard %d/%d)"):format(summary.shard[1], summary.shard[2]) end
   lines[#lines + 1] = self:_paint(failed > 0 and "red" or "green", close)
   self:_lines(lines)
 end
