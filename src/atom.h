@@ -147,6 +147,12 @@ void net_register(lua_State *L);
 void json_register(lua_State *L);
 void bytes_register(lua_State *L);
 void rawpipe_register(lua_State *L);
+void ws_register(lua_State *L);
+void hstream_register(lua_State *L);
+/* A connected atom.tcp stream handed to C code layered on it (ws.c): a dup
+ * of its socket (close-on-exec), the bytes read ahead pushed on L; the stream
+ * is closed. Returns the fd, or -1 with an io error pushed (net.c). */
+int net_detach(lua_State *L, int idx);
 
 /* Processes owned by a task (a test or a root): a list head the proc module
  * keeps in the task record. The scheduler calls proc_kill_owned when the

@@ -84,6 +84,7 @@ static bool load(char *err, size_t errsize) {
       SYM(multi_strerror, "multi_strerror"),
       SYM(slist_append, "slist_append"),
       SYM(slist_free_all, "slist_free_all"),
+      SYM(easy_pause, "easy_pause"),
 #undef SYM
   };
   struct curl_api api;

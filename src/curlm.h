@@ -28,6 +28,7 @@ struct curl_api {
   const char *(*multi_strerror)(CURLMcode rc);
   struct curl_slist *(*slist_append)(struct curl_slist *l, const char *s);
   void (*slist_free_all)(struct curl_slist *l);
+  CURLcode (*easy_pause)(CURL *e, int bitmask);
 };
 extern struct curl_api cu;
 
@@ -52,5 +53,13 @@ int curlm_in_flight(void);
 /* End of a run: drop the multi handle with its idle connections and close
  * every poll handle. Transfers still in flight are aborted without `done`. */
 void curlm_close(void);
+
+/* http.c's request setup, shared with hstream.c (atom.http.stream). */
+struct lua_State;
+void http_push_headers(struct lua_State *L, char *p, size_t len);
+const char *http_cause_of(CURLcode rc);
+struct curl_slist *http_setup(struct lua_State *L, CURL *e, int hidx, const char *method,
+                              const char *url, const char *body, size_t blen, int flags,
+                              const char *proxy, const char *fname);
 
 #endif

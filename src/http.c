@@ -434,3 +434,40 @@ void http_register(lua_State *L) {
   lua_pushcfunction(L, l_http_close);
   lua_setfield(L, -2, "http_close");
 }
+
+/* {==== shared with hstream.c (atom.http.stream) ==== */
+
+void http_push_headers(lua_State *L, char *p, size_t len) {
+  struct buf b = {p, len, len};
+  push_headers(L, &b);
+}
+
+const char *http_cause_of(CURLcode rc) { return cause_of(rc); }
+
+/* Set up a fresh easy handle as http_perform does (headers checked first;
+ * body used in place). Returns the header list to free after the transfer. */
+struct curl_slist *http_setup(lua_State *L, CURL *e, int hidx, const char *method, const char *url,
+                              const char *body, size_t blen, int flags, const char *proxy,
+                              const char *fname) {
+  bool has_ct = false, has_expect = false, json = (flags & HF_JSON) != 0;
+  bool has_headers = lua_type(L, hidx) == LUA_TTABLE;
+  if (has_headers) check_headers(L, hidx, fname, &has_ct, &has_expect);
+  struct curl_slist *l =
+      has_headers ? build_headers(L, hidx, json, has_ct, has_expect)
+                  : cu.slist_append(cu.slist_append(NULL, "Expect:"),
+                                    json ? "Content-Type: application/json" : "Content-Type:");
+  cu.easy_setopt(e, CURLOPT_HTTPHEADER, l);
+  cu.easy_setopt(e, CURLOPT_URL, url);
+  set_method(e, method, body, blen);
+  cu.easy_setopt(e, CURLOPT_FOLLOWLOCATION, (flags & HF_FOLLOW) ? 1L : 0L);
+  long verify = (flags & HF_INSECURE) ? 0L : 1L;
+  cu.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify);
+  cu.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+  cu.easy_setopt(e, CURLOPT_PROXY, proxy ? proxy : "");
+  cu.easy_setopt(e, CURLOPT_NOPROXY, "");
+  cu.easy_setopt(e, CURLOPT_USERAGENT, "atomlua/" ATOM_VERSION);
+  cu.easy_setopt(e, CURLOPT_MAXREDIRS, 20L);
+  return l;
+}
+
+/* }==== */

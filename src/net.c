@@ -5,6 +5,8 @@
  * over luv: waits, cancellation and every error path stay on sched_wait, and
  * no Lua callback runs outside a task. lua/atom/tcp.lua documents the API;
  * free_port is in ports.c. */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -416,6 +418,29 @@ static int l_stream_tostring(lua_State *L) {
 }
 
 /* }==== */
+
+/* For protocols layered in C on a connected stream (ws.c): a close-on-exec
+ * dup of the stream's socket, with the bytes read ahead pushed on L as a
+ * string. The stream itself is closed (its userdata reads as closed). Returns
+ * the fd, or -1 with an io error pushed instead. */
+int net_detach(lua_State *L, int idx) {
+  struct sud *u = luaL_testudata(L, idx, STREAM_MT);
+  struct stream *s = u ? u->s : NULL;
+  uv_os_fd_t fd;
+  if (!s || s->reader || uv_fileno((uv_handle_t *)&s->tcp, &fd) != 0) {
+    push_io_error(L, NULL, "closed", "stream is closed or busy");
+    return -1;
+  }
+  int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (nfd < 0) {
+    push_io_error(L, NULL, "reset", "dup: %s", strerror(errno));
+    return -1;
+  }
+  lua_pushlstring(L, s->buf ? s->buf + s->start : "", s->len);
+  u->s = NULL;
+  stream_close(s);
+  return nfd;
+}
 
 /* {==== connecting (connect and wait_port) ==== */
 

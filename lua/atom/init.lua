@@ -95,6 +95,7 @@ local lazy = {
   spawn = { "atom.proc", "spawn" }, exec = { "atom.proc", "exec" }, sh = { "atom.proc", "sh" },
   http = { "atom.http" },
   rpc = { "atom.rpc", "rpc" }, rpc_batch = { "atom.rpc", "rpc_batch" },
+  ws = { "atom.ws" },
   tcp = { "atom.tcp" }, wait_port = { "atom.tcp", "wait_port" }, free_port = { "atom.tcp", "free_port" },
   itf = { "atom.itf", nil, function(m) return { load = m.load, decode = m.decode } end },
   cluster = { "atom.cluster", "cluster" },
