@@ -169,4 +169,9 @@ function M.post(url, body, opts)
   return run("post", 3, spec, opts.method or "POST", url)
 end
 
+--- Stream a response (SPEC §10): see lua/atom/hstream.lua.
+function M.stream(spec)
+  return require("atom.hstream").stream(spec)
+end
+
 return M
