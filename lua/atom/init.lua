@@ -94,7 +94,13 @@ local lazy = {
   json = { "atom.json" }, base64 = { "atom.json", "base64" }, hex = { "atom.json", "hex" },
   spawn = { "atom.proc", "spawn" }, exec = { "atom.proc", "exec" }, sh = { "atom.proc", "sh" },
   http = { "atom.http" },
-  rpc = { "atom.rpc", "rpc" }, rpc_batch = { "atom.rpc", "rpc_batch" },
+  -- atom.rpc is callable (JSON-RPC over HTTP) and has .connect (over a WebSocket)
+  rpc = { "atom.rpc", nil, function(m)
+    local rpc = m.rpc
+    return setmetatable({ connect = function(url, opts) return require("atom.wsrpc").connect(url, opts) end },
+      { __call = function(_, url, method, params, opts) return rpc(url, method, params, opts) end })
+  end },
+  rpc_batch = { "atom.rpc", "rpc_batch" },
   ws = { "atom.ws" },
   tcp = { "atom.tcp" }, wait_port = { "atom.tcp", "wait_port" }, free_port = { "atom.tcp", "free_port" },
   itf = { "atom.itf", nil, function(m) return { load = m.load, decode = m.decode } end },
