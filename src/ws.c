@@ -857,6 +857,18 @@ static int l_ws_send(lua_State *L) {
   return sched_wait(L, &r->wt, timeout, lua_gettop(L));
 }
 
+/* The script closes: a task blocked in recv gets io "closed". */
+static void wake_closed(struct ws *w) {
+  w->closing = true;
+  if (!w->reader) return;
+  lua_State *co = sched_thread(&w->rw);
+  lua_checkstack(co, 4);
+  push_err(co, w->reader, "io", "closed", "ws:recv() from %s: connection closed", w->peer);
+  w->reader = NULL;
+  w->rmode = R_NONE;
+  sched_wake_error(&w->rw);
+}
+
 /* c:close(code, reason): send a close frame (unless the connection is gone)
  * and wait up to 1 s for the peer's, then close the socket. Idempotent. */
 static int l_ws_close(lua_State *L) {
@@ -867,15 +879,7 @@ static int l_ws_close(lua_State *L) {
   int code = (int)luaL_optinteger(L, 2, 1000);
   size_t rl = 0;
   const char *reason = luaL_optlstring(L, 3, "", &rl);
-  w->closing = true;
-  if (w->reader) { /* a task blocked in recv gets io "closed" */
-    lua_State *co = sched_thread(&w->rw);
-    lua_checkstack(co, 4);
-    push_err(co, w->reader, "io", "closed", "ws:recv() from %s: connection closed", w->peer);
-    w->reader = NULL;
-    w->rmode = R_NONE;
-    sched_wake_error(&w->rw);
-  }
+  wake_closed(w);
   if (!w->frames || w->fail_cause || w->eof || w->err) {
     hard_close(w);
     return 0;
@@ -911,8 +915,8 @@ static int l_ws_close(lua_State *L) {
 /* c:abort(): close the socket at once, no close frame. */
 static int l_ws_abort(lua_State *L) {
   struct ws *w = check_ws(L, "abort");
-  if (w) {
-    w->closing = true;
+  if (w && handle_live(w)) {
+    wake_closed(w);
     hard_close(w);
   }
   return 0;
