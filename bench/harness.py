@@ -378,6 +378,44 @@ class Nginx:
         self.proc = None
 
 
+def w8(runner, impls, B, args):
+    """W8: the pusher (stdlib) as our child; Python's peer runs on Debian's
+    /usr/bin/python3 (python3-websockets), Node's on `ws` from npm, installed
+    under bench/node_modules when missing."""
+    n = "200000"
+    srv = subprocess.Popen([sys.executable, B("w8_server.py")], stdout=subprocess.PIPE,
+                           start_new_session=True, text=True)
+    runner.keep.add(srv.pid)
+    try:
+        line = srv.stdout.readline()
+        if not line.startswith("PORT "):
+            cells = {name: Cell() for name in ("atomlua", "asyncio", "node")}
+            for c in cells.values():
+                c.reason = "w8_server.py did not start"
+            return cells
+        url = "ws://127.0.0.1:" + line.split()[1]
+        d = impls("w8", [url, n])
+        pypeer = "/usr/bin/python3"
+        ok = subprocess.run([pypeer, "-c", "import websockets"], capture_output=True).returncode == 0
+        d["asyncio"] = [pypeer, B("w8.py"), url, n] if ok else "python3-websockets not installed"
+        if not isinstance(d.get("node"), str) and not os.path.isdir(B("node_modules/ws")):
+            npm = shutil.which("npm")
+            r = subprocess.run([npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix",
+                                os.path.dirname(B("w8.js")), "ws@8"], capture_output=True) if npm else None
+            if not r or r.returncode != 0:
+                d["node"] = "npm could not install ws"
+        wl = {"id": "W8", "key": "msg_per_s", "timeout": 60, "budget": 40}
+        cells = measure(runner, wl, d, args.repeat, args.verbose)
+        for c in cells.values():
+            if not c.reason:
+                c.cpu_per_req = [cpu * 1e6 / e["n"] for cpu, e in zip(c.cpu, c.extra)]
+        return cells
+    finally:
+        srv.kill()
+        srv.wait()
+        runner.keep.discard(srv.pid)
+
+
 # ====}
 # {==== the table ====
 
@@ -385,11 +423,11 @@ class Nginx:
 def fmt(v, unit):
     if v is None:
         return "n/a"
-    if unit in ("req/s", "procs/s"):
+    if unit in ("req/s", "procs/s", "msg/s"):
         return f"{v:,.0f}"
     if unit == "MB":
         return f"{v:.1f}"
-    if unit == "µs/req":
+    if unit in ("µs/req", "µs/msg"):
         return f"{v:.1f}"
     return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
@@ -637,6 +675,15 @@ def main():
             add_row("W6", "start-up", "ms", cells, "values", "<= 2 ms", "<=", 2, has=("limit",))
             add_row("W6", "peak RSS", "MB", cells, "rss", "", has=("limit",))
             add_notes("W6", cells)
+
+        if want("W8"):
+            log("W8: 200,000 small WebSocket messages pushed by bench/w8_server.py ...")
+            cells = w8(runner, impls, B, args)
+            add_row("W8", "WebSocket messages", "msg/s", cells, "values", ">= 1.5x best peer", ">=",
+                    lambda v: 1.5 * max(x for x in (v["asyncio"], v["node"], 0) if x is not None))
+            add_row("W8", "client CPU", "µs/msg", cells, "cpu_per_req", "")
+            add_notes("W8", cells)
+            notes_runs("W8", cells)
 
         notes[:0] = [f"{','.join(ids)} {name}: n/a — {why}" for (name, why), ids in reasons.items()]
         notes.append("limits: W3 posix_spawn+waitpid in C (bench/spawn_limit.c); W4 posix_spawn+poll "
