@@ -234,8 +234,8 @@ static int l_http_stream(lua_State *L) {
     if (!h->reqbody) return util_error(L, "http", "%s: out of memory", desc);
     memcpy(h->reqbody, body, blen);
   }
-  h->hdrs = http_setup(L, h->easy, 4, method, url, body ? h->reqbody : NULL, blen, flags, proxy,
-                       fname);
+  h->hdrs =
+      http_setup(L, h->easy, 4, method, url, body ? h->reqbody : NULL, blen, flags, proxy, fname);
   cu.easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, write_cb);
   cu.easy_setopt(h->easy, CURLOPT_WRITEDATA, (void *)h);
   cu.easy_setopt(h->easy, CURLOPT_HEADERFUNCTION, header_cb);

@@ -154,11 +154,11 @@ struct tls *tls_new(const char *host, const char *ca, const char *cert, const ch
   if (!t->ssl || !t->in || !t->out) goto fail;
   S.set_bio(t->ssl, t->in, t->out);
   S.set_connect_state(t->ssl);
-  if (!is_ip(host)) S.ssl_ctrl(t->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-                               (void *)host);
+  if (!is_ip(host))
+    S.ssl_ctrl(t->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, (void *)host);
   if (!insecure) {
-    int ok = is_ip(host) ? S.param_set1_ip_asc(S.get0_param(t->ssl), host)
-                         : S.set1_host(t->ssl, host);
+    int ok =
+        is_ip(host) ? S.param_set1_ip_asc(S.get0_param(t->ssl), host) : S.set1_host(t->ssl, host);
     if (ok != 1) goto fail;
   }
   return t;

@@ -10,6 +10,8 @@
  * messages or Q_BYTES bytes. While it is full wslay is not fed; input piles up
  * to IN_HIGH, then the socket is no longer read, so the peer's TCP window
  * closes. Nothing is dropped and memory stays bounded. */
+#include "ws.h"
+
 #include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,7 +22,6 @@
 #include <wslay/wslay.h>
 
 #include "atom.h"
-#include "ws.h"
 
 #define WS_MT "atom.ws"
 #define IN_HIGH (256 * 1024)
@@ -100,8 +101,8 @@ enum { R_NONE, R_TLS, R_HEAD, R_SOME, R_MSG, R_CLOSE };
 
 struct ws {
   uv_tcp_t tcp;
-  bool open;       /* the handle is not closing */
-  bool ud_gone;    /* the userdata was collected: free on the close callback */
+  bool open;    /* the handle is not closing */
+  bool ud_gone; /* the userdata was collected: free on the close callback */
   bool reading, eof, frames, tls_ready, closing;
   int err; /* the uv error that ended reading, or 0 */
   struct tls *tls;
@@ -366,7 +367,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
     *b = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
     return;
   }
-  *b = uv_buf_init(w->in + w->in_start + w->in_len, (unsigned)(w->in_cap - w->in_start - w->in_len));
+  *b =
+      uv_buf_init(w->in + w->in_start + w->in_len, (unsigned)(w->in_cap - w->in_start - w->in_len));
 }
 
 /* Try to satisfy a reader of `mode`: push its results on L and return their
@@ -436,9 +438,9 @@ static int produce(lua_State *L, struct ws *w, int mode, struct task *task) {
   }
   if (w->eof || w->err) {
     const char *cause = w->eof ? "eof" : uv_cause(w->err);
-    push_err(L, task, "io", cause, "ws %s: connection %s%s", w->peer,
-             w->eof ? "closed without a close frame" : "failed: ",
-             w->eof ? "" : uv_strerror(w->err));
+    push_err(
+        L, task, "io", cause, "ws %s: connection %s%s", w->peer,
+        w->eof ? "closed without a close frame" : "failed: ", w->eof ? "" : uv_strerror(w->err));
     return -1;
   }
   if (!handle_live(w)) {
@@ -589,8 +591,8 @@ static void pump(struct ws *w) {
     }
     while (w->tls_ready && !w->fail_cause && w->in_len < IN_HIGH) {
       if (!in_reserve(w, 16384)) break;
-      int r = tls_read(w->tls, w->in + w->in_start + w->in_len,
-                       w->in_cap - w->in_start - w->in_len, err, sizeof err);
+      int r = tls_read(w->tls, w->in + w->in_start + w->in_len, w->in_cap - w->in_start - w->in_len,
+                       err, sizeof err);
       if (r > 0) {
         w->in_len += (size_t)r;
         continue;
@@ -992,11 +994,17 @@ static int l_ws_random(lua_State *L) {
 
 void ws_register(lua_State *L) {
   if (luaL_newmetatable(L, WS_MT)) {
-    static const luaL_Reg methods[] = {
-        {"tls", l_ws_tls},     {"raw_write", l_ws_raw_write}, {"raw_head", l_ws_raw_head},
-        {"raw_read", l_ws_raw_read}, {"start", l_ws_start},   {"recv", l_ws_recv},
-        {"send", l_ws_send},   {"close", l_ws_close},         {"abort", l_ws_abort},
-        {"info", l_ws_info},   {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"tls", l_ws_tls},
+                                       {"raw_write", l_ws_raw_write},
+                                       {"raw_head", l_ws_raw_head},
+                                       {"raw_read", l_ws_raw_read},
+                                       {"start", l_ws_start},
+                                       {"recv", l_ws_recv},
+                                       {"send", l_ws_send},
+                                       {"close", l_ws_close},
+                                       {"abort", l_ws_abort},
+                                       {"info", l_ws_info},
+                                       {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_ws_gc);
