@@ -53,7 +53,7 @@ local function present()
   end
   -- force the lazily loaded fields
   for _, k in ipairs { "assert_eq", "repr", "json", "base64", "hex", "spawn", "exec", "sh", "http", "rpc",
-    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster" } do
+    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws" } do
     local _ = atom[k]
   end
   walk("atom", atom, 1)
@@ -100,6 +100,15 @@ local function present()
       if f:sub(1, 1) ~= "_" then names["atom.cluster_node." .. f] = true end
     end
     names["atom.cluster_node.proc"] = true
+    methods("atom.ws", require("atom.ws")._WS)
+    for _, f in ipairs { "url", "protocol", "close_code", "close_reason" } do names["atom.ws." .. f] = true end
+    methods("atom.http_stream", require("atom.hstream")._Resp)
+    for _, f in ipairs { "status", "headers", "url" } do names["atom.http_stream." .. f] = true end
+    local wsrpc = require "atom.wsrpc"
+    methods("atom.rpc_client", wsrpc._Client)
+    for _, f in ipairs { "url", "ws" } do names["atom.rpc_client." .. f] = true end
+    methods("atom.rpc_subscription", wsrpc._Sub)
+    for _, f in ipairs { "id", "query", "client" } do names["atom.rpc_subscription." .. f] = true end
   end)
   names["atom.dir"] = true -- set in scenario files only
   return names

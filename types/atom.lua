@@ -166,6 +166,76 @@ local Response = {}
 ---@return any
 function Response:json() end
 
+---A streamed HTTP response (`atom.http.stream`).
+---@class atom.http_stream
+---@field status integer
+---@field headers table<string, string> lower-case names
+---@field url string
+local HttpStream = {}
+---The next chunk of body bytes, or nil at the end.
+---@param opts atom.timeout_opts?
+---@return string|nil
+function HttpStream:read(opts) end
+---@param opts atom.timeout_opts?
+---@return fun(): string|nil
+function HttpStream:lines(opts) end
+---Server-Sent Events.
+---@param opts atom.timeout_opts?
+---@return fun(): {event: string, data: string, id: string|nil}|nil
+function HttpStream:sse(opts) end
+function HttpStream:close() end
+
+---A WebSocket (`atom.ws.connect`).
+---@class atom.ws
+---@field url string
+---@field protocol string|nil
+---@field close_code integer|nil
+---@field close_reason string|nil
+local WebSocket = {}
+---@param data string
+---@param kind "text"|"binary"|nil
+---@param opts atom.timeout_opts?
+function WebSocket:send(data, kind, opts) end
+---@param opts atom.timeout_opts?
+---@return string|nil data, "text"|"binary"|nil kind
+function WebSocket:recv(opts) end
+---@param opts atom.timeout_opts?
+---@return fun(): string|nil, string|nil
+function WebSocket:messages(opts) end
+---@param code integer? (1000)
+---@param reason string?
+function WebSocket:close(code, reason) end
+
+---JSON-RPC over a WebSocket (`atom.rpc.connect`).
+---@class atom.rpc_client
+---@field url string
+---@field ws atom.ws
+local RpcClient = {}
+---@param method string
+---@param params table?
+---@param timeout atom.timeout_opts?
+---@return any
+function RpcClient:call(method, params, timeout) end
+---@param query string
+---@param timeout atom.timeout_opts?
+---@return atom.rpc_subscription
+function RpcClient:subscribe(query, timeout) end
+function RpcClient:close() end
+
+---@class atom.rpc_subscription
+---@field id integer
+---@field query string
+---@field client atom.rpc_client
+local RpcSubscription = {}
+---The next event's result {query, data, events}, or nil after close.
+---@param timeout atom.timeout_opts?
+---@return table|nil
+function RpcSubscription:next(timeout) end
+---@param timeout atom.timeout_opts?
+---@return fun(): table|nil
+function RpcSubscription:events(timeout) end
+function RpcSubscription:close() end
+
 ---@class atom.cluster_node
 ---@field id integer
 ---@field name string
@@ -311,6 +381,11 @@ function atom.http.get(url, opts) end
 ---@return atom.http_response
 function atom.http.post(url, body, opts) end
 
+---A streamed response, returned once the headers are in.
+---@param req atom.http_request
+---@return atom.http_stream
+function atom.http.stream(req) end
+
 ---A JSON-RPC 2.0 call over HTTP POST.
 ---@param url string
 ---@param method string
@@ -323,6 +398,18 @@ function atom.rpc(url, method, params, opts) end
 ---@param opts number|atom.http_request?
 ---@return {result: any, error: {code: integer, message: string, data: any}?}[]
 function atom.rpc_batch(url, calls, opts) end
+
+---JSON-RPC 2.0 over a WebSocket (ws:// or wss://).
+---@param url string
+---@param opts number|table?
+---@return atom.rpc_client
+function atom.rpc.connect(url, opts) end
+
+atom.ws = {}
+---@param url string ws:// or wss://
+---@param opts number|{timeout: number?, headers: table?, protocols: string[]?, tls: boolean|table|nil, max_message: integer?}?
+---@return atom.ws
+function atom.ws.connect(url, opts) end
 
 atom.tcp = {}
 ---@param host string

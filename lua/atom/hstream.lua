@@ -166,4 +166,6 @@ function M.stream(spec)
   return own.own(resp)
 end
 
+M._Resp = Resp
+
 return M

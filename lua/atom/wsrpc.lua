@@ -69,13 +69,13 @@ local function dispatch(c, text)
   if not sub and type(id) == "string" then sub = c.subs[tonumber(id:match("^(%d+)#event$"))] end
   if not sub then return end
   if err ~= nil then -- the server ended the subscription (e.g. the client lagged)
-    sub.err = rpc_error(c, "subscribe", err)
+    sub._err = rpc_error(c, "subscribe", err)
     c.subs[sub.id] = nil
-    sub.ch:close()
+    sub._ch:close()
     return
   end
   if result ~= nil then
-    local ok2, e2 = pcall(sub.ch.send, sub.ch, result)
+    local ok2, e2 = pcall(sub._ch.send, sub._ch, result)
     if not ok2 and not sub._closed then error(e2, 0) end
   end
 end
@@ -100,8 +100,8 @@ local function reader(c)
   end
   for id, s in pairs(c.subs) do
     c.subs[id] = nil
-    s.err = s.err or e
-    s.ch:close()
+    s._err = s._err or e
+    s._ch:close()
   end
   if not ok and errors.is(err, "cancelled") then error(err, 0) end
 end
@@ -181,7 +181,7 @@ function Client:subscribe(query, timeout)
   check_live(self, "c:subscribe()")
   last_id = last_id + 1
   local id = last_id
-  local sub = setmetatable({ client = self, id = id, query = query, ch = sync.channel(SUB_QUEUE),
+  local sub = setmetatable({ client = self, id = id, query = query, _ch = sync.channel(SUB_QUEUE),
     _closed = false }, Sub)
   self.subs[id] = sub
   local p = { ev = sync.event(), sub = true }
@@ -214,14 +214,14 @@ function Sub:next(timeout)
   local t
   if timeout ~= nil then t = ws._topt("next", 1, timeout) end
   if t == -1 then t = nil end
-  local ok, v = pcall(self.ch.recv, self.ch, t)
+  local ok, v = pcall(self._ch.recv, self._ch, t)
   if not ok then
     if errors.is(v, "timeout") then
       errors.raise("timeout", ("sub:next() on %q at %s timed out after %gs"):format(self.query, self.client.url, t))
     end
     error(v, 0)
   end
-  if v == nil and self.err and not self._closed then reraise(self.err) end
+  if v == nil and self._err and not self._closed then reraise(self._err) end
   return v
 end
 
@@ -238,7 +238,7 @@ function Sub:close()
   local c = self.client
   local live = c.subs[self.id] == self
   c.subs[self.id] = nil
-  self.ch:close()
+  self._ch:close()
   if live and not c._closed and not c.dead then c:call("unsubscribe", { query = self.query }, 5) end
 end
 
@@ -256,5 +256,7 @@ function M.connect(url, opts)
   c._reader = sched.go(reader, c)
   return own.own(c)
 end
+
+M._Client, M._Sub = Client, Sub
 
 return M
