@@ -121,10 +121,6 @@ describe("clusters", function()
 
   it("restarted nodes belong to the owner at c:start() even after its caller ended", function()
     local r = run(FIX .. "owner.lua")
-    if r.out:find("spawn_as: false", 1, true) then
-      pending("needs proc.spawn_as and _atom.owner (docs/clusters.md); the helper task covers the rest")
-      return
-    end
     assert.are.equal(0, r.code, r.out)
     has(r.out, "2 passed, 0 failed")
   end)
