@@ -109,6 +109,8 @@ int runtime_open(lua_State *L, bool cli) {
   json_register(L);
   bytes_register(L);
   rawpipe_register(L);
+  netns_register(L);
+  proxy_register(L);
   util_register_extra(L);
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");
