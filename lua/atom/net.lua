@@ -152,6 +152,7 @@ local live = {} -- rule -> true, while in force
 local table_made = false
 
 rule_mt.__tostring = function(r)
+  if not r.from then return format("rule (%d drops)", #r._drops) end
   return format("rule drop %s -> %s%s", r.from, r.to, r.port and (":" .. r.port) or "")
 end
 rule_mt.__close = function(r) Rule.remove(r) end
@@ -186,44 +187,67 @@ local function fault(action, detail, cluster)
   if events.active("fault") then events.emit("fault", { action = action, detail = detail, cluster = cluster }) end
 end
 
+local function check_drop(spec, n, fname)
+  if type(spec) ~= "table" then bad(n, fname, "table expected, got " .. (spec == nil and "no value" or type(spec))) end
+  for k in pairs(spec) do
+    if k ~= "from" and k ~= "to" and k ~= "port" then bad(n, fname, format("unknown field '%s'", tostring(k))) end
+  end
+  local from, to = host_address(spec.from, n, "from"), host_address(spec.to, n, "to")
+  if from == to then bad(n, fname, "fields 'from' and 'to' are the same host") end
+  local port = spec.port
+  if port ~= nil and (math.type(port) ~= "integer" or port < 1 or port > 65535) then
+    bad(n, fname, "field 'port' must be an integer from 1 to 65535")
+  end
+  return { from = from, to = to, port = port }
+end
+
 --- Drop packets from host `from` to host `to` (optionally only to
 --- destination port `port`, TCP and UDP): connections hang, nothing is
 --- refused. In force when it returns; removed with r:remove(), atom.net.heal()
---- or when the calling task ends.
----@param spec {from: table|string, to: table|string, port: integer|nil}
+--- or when the calling task ends. A list of such tables drops them all in
+--- one step and returns one rule for all of them.
+---@param spec {from: table|string, to: table|string, port: integer|nil}|table[]
 ---@return table rule
 function M.drop(spec)
   if type(spec) ~= "table" then bad(1, "drop", "table expected, got " .. (spec == nil and "no value" or type(spec))) end
-  for k in pairs(spec) do
-    if k ~= "from" and k ~= "to" and k ~= "port" then bad(1, "drop", format("unknown field '%s'", tostring(k))) end
-  end
   need_isolation("atom.net.drop")
-  _atom.checkpoint("atom.net.drop")
-  local from, to = host_address(spec.from, 1, "from"), host_address(spec.to, 1, "to")
-  if from == to then bad(1, "drop", "fields 'from' and 'to' are the same host") end
-  local port = spec.port
-  if port ~= nil and (math.type(port) ~= "integer" or port < 1 or port > 65535) then
-    bad(1, "drop", "field 'port' must be an integer from 1 to 65535")
+  local list = {}
+  if spec[1] ~= nil then
+    for k in pairs(spec) do
+      if math.type(k) ~= "integer" then bad(1, "drop", "a list of drops must have no other fields") end
+    end
+    for i, s in ipairs(spec) do list[i] = check_drop(s, 1, "drop") end
+  else
+    list[1] = check_drop(spec, 1, "drop")
   end
+  _atom.checkpoint("atom.net.drop")
   ensure_table()
-  local out = _atom.nft(format("add rule inet atomlua forward ip saddr %s ip daddr %s%s drop\n", from, to,
-    port and format(" meta l4proto { tcp, udp } th dport %d", port) or ""), true)
-  local handle = out:match("# handle (%d+)")
-  if not handle then errors.raise("io", "nftables did not say which rule it added: " .. out) end
-  local r = setmetatable({ from = from, to = to, port = port, _handle = handle }, rule_mt)
+  local cmds = {}
+  for i, d in ipairs(list) do
+    cmds[i] = format("add rule inet atomlua forward ip saddr %s ip daddr %s%s drop\n", d.from, d.to,
+      d.port and format(" meta l4proto { tcp, udp } th dport %d", d.port) or "")
+  end
+  local out = _atom.nft(table.concat(cmds), true)
+  local handles = {}
+  for h in out:gmatch("# handle (%d+)") do handles[#handles + 1] = h end
+  if #handles ~= #list then errors.raise("io", "nftables did not say which rules it added: " .. out) end
+  local r = setmetatable({ _handles = handles, _drops = list }, rule_mt)
+  if #list == 1 then r.from, r.to, r.port = list[1].from, list[1].to, list[1].port end
   live[r] = true
   own(function() Rule.remove(r) end)
-  fault("drop", { from = from, to = to, port = port })
+  for _, d in ipairs(list) do fault("drop", { from = d.from, to = d.to, port = d.port }) end
   return r
 end
 
---- Remove the rule; idempotent.
+--- Remove the rule (all its drops, in one step); idempotent.
 function Rule:remove()
   if getmetatable(self) ~= rule_mt then usage("bad argument #0 to 'remove' (rule expected; use r:remove)") end
   if not live[self] then return end
   live[self] = nil
-  _atom.nft("delete rule inet atomlua forward handle " .. self._handle .. "\n")
-  fault("remove", { from = self.from, to = self.to, port = self.port })
+  local cmds = {}
+  for i, h in ipairs(self._handles) do cmds[i] = "delete rule inet atomlua forward handle " .. h .. "\n" end
+  _atom.nft(table.concat(cmds))
+  for _, d in ipairs(self._drops) do fault("remove", { from = d.from, to = d.to, port = d.port }) end
 end
 
 --- Remove every rule.
