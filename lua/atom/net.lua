@@ -82,7 +82,7 @@ function M.host(name)
   local ud, addr = _atom.host_new()
   host_count = host_count + 1
   local h = setmetatable({ name = name or ("host" .. host_count), address = addr, _ud = ud,
-    _procs = setmetatable({}, { __mode = "k" }) }, host_mt)
+    _procs = {} }, host_mt)
   hosts[addr] = h
   own(function() Host.close(h) end, true)
   return h
@@ -97,7 +97,14 @@ function M.netns_fd(h, n, fname)
   return fd
 end
 
-function M.track(h, p) h._procs[p] = true end
+-- The host's processes that may still run (strong refs: a weak table may
+-- hold processes whose handle was already finalized); exited ones are dropped.
+function M.track(h, p)
+  local live = {}
+  for _, q in ipairs(h._procs) do if q:is_running() then live[#live + 1] = q end end
+  live[#live + 1] = p
+  h._procs = live
+end
 
 local function with_net(spec, h, fname)
   if type(spec) ~= "table" then bad(1, fname, "table expected, got " .. type(spec)) end
@@ -134,11 +141,12 @@ function Host:close()
   self._closed = true
   hosts[self.address] = nil
   local stops = {}
-  for p in pairs(self._procs) do
+  for _, p in ipairs(self._procs) do
     if p:is_running() then stops[#stops + 1] = function() p:stop() end end
   end
   if #stops > 0 and _atom.current() then pcall(sched.gather, stops) end
-  for p in pairs(self._procs) do if p:is_running() then p:kill("KILL") end end
+  for _, p in ipairs(self._procs) do if p:is_running() then p:kill("KILL") end end
+  self._procs = {}
   self._ud:close()
 end
 
