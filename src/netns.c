@@ -209,8 +209,8 @@ static int run_setup(const char **stage) {
 }
 
 struct host {
-  int ns;       /* namespace fd, -1 once closed */
-  int n;        /* 10.77.0.n */
+  int ns;        /* namespace fd, -1 once closed */
+  int n;         /* 10.77.0.n */
   char veth[16]; /* our end in the run's namespace */
 };
 
@@ -224,8 +224,7 @@ static int ns_new(int *ns_out, int *nl_out, const char **stage) {
   if (nl < 0 && !e) e = nl;
   if (setns(run_ns, CLONE_NEWNET) < 0) {
     /* Stuck in the wrong namespace: nothing afterwards would be right. */
-    fprintf(stderr, "atomlua: cannot return to the run's network namespace: %s\n",
-            strerror(errno));
+    fprintf(stderr, "atomlua: cannot return to the run's network namespace: %s\n", strerror(errno));
     abort();
   }
   if (e) {
@@ -245,7 +244,7 @@ static int host_build(struct host *h, const char **stage) {
   if ((e = ns_new(&h->ns, &nl, stage))) return e;
   snprintf(h->veth, sizeof h->veth, "atom%d", h->n);
   uint32_t me = host_addr(h->n), gw = host_addr(1);
-  int ri = 0, hi = 0;
+  int ri, hi;
   if ((e = veth_add(run_nl, h->veth, h->ns)) < 0) {
     *stage = "veth";
     h->veth[0] = 0;

@@ -157,12 +157,14 @@ static void conn_close(struct pconn *pc, int reset_mask) {
 static void pump(struct pdir *pd);
 static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
 
+/* A chunk's data; read_cb finds the chunk again from it (container_of). */
+static char *chunk_data(struct chunk *c) { return c ? c->data : NULL; }
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
   (void)h;
   (void)suggested;
-  struct chunk *c = malloc(sizeof *c + READ_SIZE);
-  b->base = c ? c->data : NULL;
-  b->len = c ? READ_SIZE : 0;
+  b->base = chunk_data(malloc(sizeof(struct chunk) + READ_SIZE));
+  b->len = b->base ? READ_SIZE : 0;
 }
 
 static void reading(struct pconn *pc, int d, bool on) {
@@ -214,7 +216,8 @@ static void pump(struct pdir *pd) {
     }
     pd->head = c->next;
     if (!pd->head) pd->tail = NULL;
-    if (set->rate > 0) pd->pace = (pd->pace > now ? pd->pace : now) + (uint64_t)(c->len / set->rate * 1e9);
+    if (set->rate > 0)
+      pd->pace = (pd->pace > now ? pd->pace : now) + (uint64_t)(c->len / set->rate * 1e9);
     pc->px->bytes[pd->d] += (double)c->len;
     uv_buf_t b = uv_buf_init(c->data, (unsigned)c->len);
     if (uv_write(&c->req, dst, &b, 1, write_cb) < 0) {
