@@ -112,7 +112,7 @@ struct proc_opts {
   char *const *argv, *const *envp;
   int stdin_mode, output, logfd;
   int out_fd; /* with OUT_FD: the child's stdout (rawpipe.c's io.popen) */
-  int netns; /* > 0: run inside this network namespace (atom.net.host) */
+  int netns;  /* > 0: run inside this network namespace (atom.net.host) */
   bool critical, keep_lines;
   double grace;
   size_t tail_max;
