@@ -24,7 +24,7 @@ SO_LIBS  := -llua5.4-luv -luv -lm -ldl -lpthread
 PREFIX   ?= /usr/local
 LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
 
-.PHONY: all deps demo test check bench lint clean install
+.PHONY: all deps demo test test-long check bench lint clean install
 all: $(BUILD)/atomlua $(BUILD)/atom.so
 
 HDRS     := $(wildcard src/*.h)
@@ -57,6 +57,11 @@ demo: deps
 test: deps
 	@$(MAKE) --no-print-directory all
 	@sh tools/run-tests.sh $(BUILD)
+
+# Everything, including the soak tests tagged #long (e.g. etcd partitions 20 times).
+test-long: deps
+	@$(MAKE) --no-print-directory all
+	@ATOMLUA_LONG=1 sh tools/run-tests.sh $(BUILD)
 
 # Warnings as errors plus ASan/UBSan, in a build directory of its own.
 CHECK_FLAGS := -Werror -Wshadow -Wundef -Wwrite-strings -Wmissing-prototypes -fno-omit-frame-pointer

@@ -164,4 +164,15 @@ void proc_kill_all(void);     /* SIGKILL every group now (a forced exit) */
 
 /* }==== */
 
+/* {==== network faults (isolate.c, netns.c, proxy.c; SPEC §11) ==== */
+
+/* --isolate: enter the run's namespaces; call first in main, single-threaded.
+ * Exits 2 with the reason when the kernel refuses. */
+void isolate_enter(int argc, char **argv);
+bool isolate_active(void); /* true inside an isolated run */
+void netns_register(lua_State *L);
+void proxy_register(lua_State *L);
+
+/* }==== */
+
 #endif

@@ -111,6 +111,8 @@ int runtime_open(lua_State *L, bool cli) {
   rawpipe_register(L);
   ws_register(L);
   hstream_register(L);
+  netns_register(L);
+  proxy_register(L);
   util_register_extra(L);
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");

@@ -328,6 +328,8 @@ static int pmain(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  /* Namespaces first: a user namespace needs a single-threaded caller. */
+  isolate_enter(argc, argv);
   /* libuv assumes fds 0-2 are open (CI may run us without stdin). */
   for (int fd = 0; fd < 3; fd++)
     if (fcntl(fd, F_GETFD) < 0) open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);

@@ -539,6 +539,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
         .argv = o->argv,
         .envp = o->envp,
         .cwd = o->cwd,
+        .netns = o->netns,
         .fd_in = o->stdin_mode != STDIN_NULL ? in[0] : nul,
         .fd_out = o->output == OUT_CAPTURE ? out[1]
                   : o->output == OUT_NULL  ? nul

@@ -20,6 +20,7 @@ struct spawn_req {
   char *const *envp;         /* NULL-terminated */
   const char *cwd;           /* the child's working directory, or NULL */
   int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; -1 keeps the parent's */
+  int netns;                 /* > 0: a network namespace fd the child joins (a host) */
 };
 
 /* Resolve prog as execvp would, in the parent: a name with '/' is made
@@ -111,6 +112,7 @@ struct proc_opts {
   char *const *argv, *const *envp;
   int stdin_mode, output, logfd;
   int out_fd; /* with OUT_FD: the child's stdout (rawpipe.c's io.popen) */
+  int netns;  /* > 0: run inside this network namespace (atom.net.host) */
   bool critical, keep_lines;
   double grace;
   size_t tail_max;

@@ -187,7 +187,9 @@ static int l_spawn(lua_State *L) {
   o.grace = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 5;
   lua_getfield(L, 1, "tail");
   o.tail_max = lua_isinteger(L, -1) ? (size_t)lua_tointeger(L, -1) : 1024 * 1024;
-  lua_pop(L, 4);
+  lua_getfield(L, 1, "netns"); /* a host's namespace fd (lua/atom/net.lua) */
+  o.netns = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : 0;
+  lua_pop(L, 5);
 
   char path[4096];
   const char *exe = opt_str(L, 1, "exe"); /* the program, when argv[0] is not it */

@@ -99,6 +99,9 @@ __attribute__((no_sanitize("address", "undefined"))) static int child_main(void 
   /* Covers the moment before the reaper knows this group (reaper.c). */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != c->parent) _exit(127);
+  /* A host's process lives in the host's network namespace (SPEC §11);
+   * before close_range, which would close the fd. */
+  if (r->netns > 0 && setns(r->netns, CLONE_NEWNET) < 0) CHILD_FAIL(c, "setns");
   int fds[3] = {r->fd_in, r->fd_out, r->fd_err};
   /* A source that already sits on a low fd it is not meant for would be
    * overwritten by an earlier dup2: move it out of the way first. */

@@ -5,7 +5,8 @@ set -e
 PKGS="liblua5.4-dev lua5.4 libuv1-dev lua-luv-dev lua-cjson-dev libcurl4-openssl-dev
 lua-busted pkg-config make gcc libc6-dev python3 nodejs procps util-linux libxml2-utils
 nginx-light etcd-server redis-server wrk chromium
-libwslay1 libwslay-dev python3-websockets libssl-dev openssl curl"
+libwslay1 libwslay-dev python3-websockets libssl-dev openssl curl
+nftables libnftables1 libnftables-dev iproute2"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

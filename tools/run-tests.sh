@@ -38,7 +38,10 @@ fi
 # busted in TAP form, so the totals can be counted for the closing line.
 tap="$BUILD/busted.tap"
 # BUSTED_EXTRA: e.g. --exclude-tags=stress for the aggressive-GC pass.
-LD_PRELOAD="$PRELOAD" busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o TAP $BUSTED_EXTRA spec </dev/null >"$tap" 2>&1 || status=1
+# Tests tagged #long (soak runs) only with ATOMLUA_LONG=1 (make test-long).
+LONG="--exclude-tags=long"
+[ -n "$ATOMLUA_LONG" ] && LONG=""
+LD_PRELOAD="$PRELOAD" busted --lua=lua5.4 --cpath="$PWD/$BUILD/?.so" -o TAP $LONG $BUSTED_EXTRA spec </dev/null >"$tap" 2>&1 || status=1
 grep -v '^ok ' "$tap" || true
 passed=$((passed + $(grep -c '^ok ' "$tap" || true)))
 failed=$((failed + $(grep -c '^not ok ' "$tap" || true)))

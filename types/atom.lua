@@ -74,6 +74,7 @@ function Semaphore:with(fn, ...) end
 ---@field output ("capture"|"inherit"|"null")?
 ---@field critical boolean?
 ---@field grace number? seconds between SIGTERM and SIGKILL in p:stop() (5)
+---@field net atom_host? run inside this host (isolated runs)
 ---@field owner atom.task? spawn for this owner (from atom.owner())
 
 ---@class atom.exec_spec: atom.spawn_spec
@@ -242,6 +243,7 @@ function RpcSubscription:close() end
 ---@field ports table<string, integer>
 ---@field dir string
 ---@field proc atom.process|nil
+---@field host string its address: its host's (`node.net.address`) in an isolated run, else "127.0.0.1"
 
 ---@class atom.cluster_opts
 ---@field size integer
@@ -273,12 +275,72 @@ function Cluster:restart(i, opts) end
 function Cluster:pause(i) end
 ---@param i integer|atom.cluster_node
 function Cluster:resume(i) end
+---Nodes in different groups cannot reach each other (--isolate); replaces the previous partition.
+---@param ... (integer|atom.cluster_node)[]
+function Cluster:partition(...) end
+---@param i integer|atom.cluster_node
+function Cluster:isolate(i) end
+---One way: i's packets to j vanish.
+---@param i integer|atom.cluster_node
+---@param j integer|atom.cluster_node
+function Cluster:block(i, j) end
+---@param i integer|atom.cluster_node
+---@param j integer|atom.cluster_node
+function Cluster:unblock(i, j) end
+---Remove this cluster's partition and blocks.
+function Cluster:heal() end
+
+---A host of an isolated run (docs/faults.md). `node.net` of a cluster node is one.
+---@class atom_host
+---@field name string
+---@field address string "10.77.0.N"
+---@field spawn fun(self: atom_host, spec: atom.spawn_spec): atom.process
+---@field exec fun(self: atom_host, spec: atom.spawn_spec): table
+---@field sh fun(self: atom_host, cmd: string, opts?: number|table): string
+---@field close fun(self: atom_host)
+
+---@class atom_rule
+---@field remove fun(self: atom_rule) idempotent
+
+---@class atom_proxy_settings
+---@field delay number? seconds
+---@field jitter number? seconds, uniform +-
+---@field rate number? bytes per second
+---@field blackhole boolean?
+---@field reset boolean?
+---@field direction ("up"|"down"|"both")?
+
+---@class atom_proxy
+---@field host string
+---@field port integer
+---@field stats {connections: integer, open: integer, bytes_up: integer, bytes_down: integer}
+---@field set fun(self: atom_proxy, settings: atom_proxy_settings)
+---@field clear fun(self: atom_proxy)
+---@field close fun(self: atom_proxy)
 
 ---@class atomlib
 atom = {}
 
 ---@type string
 atom.version = ""
+---True in an isolated run (--isolate).
+---@type boolean
+atom.isolated = false
+---Hosts and drop rules of isolated runs (docs/faults.md).
+atom.net = {}
+---@param name string?
+---@return atom_host
+function atom.net.host(name) end
+---Drop packets from host `from` to host `to` (optionally to one port); a list drops several in one step.
+---@param spec {from: atom_host|string, to: atom_host|string, port: integer?}|table[]
+---@return atom_rule
+function atom.net.drop(spec) end
+---Remove every rule.
+function atom.net.heal() end
+---A TCP proxy that can delay, slow, blackhole or reset (every run).
+---@param opts {upstream: string, listen: integer|string|nil}
+---@return atom_proxy
+function atom.proxy(opts) end
 ---Script arguments after `--`.
 ---@type string[]
 atom.args = {}

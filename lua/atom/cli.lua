@@ -25,6 +25,7 @@ Options of run and trace:
   --html PATH       write a self-contained HTML report (timeline, failures)
   --workdir DIR     where run directories go (default .atomlua/runs)
   --keep            keep the run directory even when the run exits 0
+  --isolate         run in a network namespace of its own (hosts, drop rules)
   -v, -q            more / less console output
   --seed N          seed math.random in each scenario (0 .. 2^63-1)
   --shard K/N       run only every N-th file, starting with the K-th (CI)
@@ -43,7 +44,8 @@ end
 -- Options taking a value, and flags.
 local VALUED = { timeout = true, grace = true, filter = true, junit = true, events = true,
   workdir = true, seed = true, reactor = true, html = true, shard = true }
-local FLAGS = { ["fail-fast"] = true, keep = true }
+-- --isolate is acted on by src/isolate.c before any thread exists; here it is only accepted.
+local FLAGS = { ["fail-fast"] = true, keep = true, isolate = true }
 
 local function parse(args, command)
   local o = { files = {}, script_args = {}, verbose = 0 }

@@ -1,5 +1,6 @@
 -- atom.cluster: SPEC §7 — N nodes on free ports with their own directories,
--- started together, and faults injected on purpose (kill, pause, restart).
+-- started together, and faults injected on purpose (kill, pause, restart),
+-- plus SPEC §11's network faults (partition, isolate, block) on atom.net.
 -- A library on the public `atom` API only (as a user's own module would be):
 -- process groups, reaping, owners and the no-orphans promise are atom's.
 local atom = require "atom"
@@ -88,6 +89,11 @@ local function exited_error(node, p, when)
     status_text(code, sig), when, tail_block(p)), { node = node.name, code = code, signal = sig })
 end
 
+-- A `fault` event (SPEC §11) for this cluster.
+local function fault(c, action, detail)
+  atom.emit("fault", { action = action, detail = detail, cluster = c.name })
+end
+
 -- }====
 
 -- {==== spawning for the owner ====
@@ -120,6 +126,7 @@ local function node_spec(c, node)
   for k, v in pairs(got) do spec[k] = v end
   spec.name, spec.critical = node.name, false
   spec.cwd = got.cwd or c._cwd or node.dir
+  if node.net then spec.net = node.net end
   if c._env or got.env then
     local env = {}
     for k, v in pairs(c._env or {}) do env[k] = v end
@@ -250,6 +257,7 @@ function Cluster:kill(i, sig, opts)
   atom.checkpoint("c:kill")
   local p = node.proc
   if not p then raise("usage", format("c:kill: node %s was never started", node.name)) end
+  fault(self, "kill", { node = node.id, signal = type(sig) == "string" and sig or num })
   local paused = node._state == "paused"
   node._state = "down"
   p:kill(num)                      -- disarms critical
@@ -267,6 +275,7 @@ function Cluster:restart(i, opts)
   local timeout = opt_timeout(opts, 2, "restart", self._ready_timeout)
   local at = call_site()
   atom.checkpoint("c:restart")
+  fault(self, "restart", { node = node.id })
   node._state = "down"
   if node.proc then node.proc:stop() end
   local ok, e = pcall(start_node, self, node, timeout, true)
@@ -295,6 +304,7 @@ function Cluster:pause(i)
   node.proc.critical = false
   node._state = "paused"
   node.proc:pause()
+  fault(self, "pause", { node = node.id })
 end
 
 --- SIGCONT to node i's group; a node paused by c:pause is critical again.
@@ -304,6 +314,123 @@ function Cluster:resume(i)
   local node = running_node(self, i, "resume")
   node.proc:resume()
   if node._state == "paused" then arm(node) end
+  fault(self, "resume", { node = node.id })
+end
+
+-- }====
+
+-- {==== network faults (SPEC §11), on atom.net only ====
+-- Every cut is a drop rule of the calling task: a partition or block made in
+-- a test goes away when that test ends, as every rule does.
+
+local function need_net(self, fname)
+  if not atom.isolated then
+    raise("usage", format("c:%s needs an isolated run: atomlua run --isolate (or ATOMLUA_ISOLATE=1)", fname))
+  end
+end
+
+-- Replace the current partition with drops between every pair of nodes in
+-- different groups (both ways), in one step.
+local function set_partition(self, groups)
+  local drops = {}
+  for gi, g in ipairs(groups) do
+    for gj, h in ipairs(groups) do
+      if gi ~= gj then
+        for _, a in ipairs(g) do
+          for _, b in ipairs(h) do drops[#drops + 1] = { from = a.net, to = b.net } end
+        end
+      end
+    end
+  end
+  local old = self._partition
+  self._partition = nil
+  if old then old:remove() end
+  if #drops > 0 then self._partition = atom.net.drop(drops) end
+end
+
+local function ids(group)
+  local out = {}
+  for i, node in ipairs(group) do out[i] = node.id end
+  return out
+end
+
+--- Split the nodes into groups that cannot reach each other (every node in
+--- exactly one group); replaces the previous partition. The scenario still
+--- reaches every node.
+---@param ... integer[] groups of node indexes (or nodes)
+function Cluster:partition(...)
+  check_self(self, "partition")
+  local n = select("#", ...)
+  if n == 0 then argerror(1, "partition", "at least one group expected") end
+  local seen, groups = {}, {}
+  for gi = 1, n do
+    local g = select(gi, ...)
+    if type(g) ~= "table" then argerror(gi, "partition", "group (a list of node indexes) expected, got " .. type(g)) end
+    local group = {}
+    for k, i in ipairs(g) do
+      local node = node_arg(self, i, gi, "partition")
+      if seen[node] then
+        raise("usage", format("c:partition: node %d is in two groups (%d and %d)", node.id, seen[node], gi))
+      end
+      seen[node] = gi
+      group[k] = node
+    end
+    groups[gi] = group
+  end
+  for _, node in ipairs(self.nodes) do
+    if not seen[node] then raise("usage", format("c:partition: node %d is in no group", node.id)) end
+  end
+  need_net(self, "partition")
+  set_partition(self, groups)
+  local detail = {}
+  for gi, g in ipairs(groups) do detail[gi] = ids(g) end
+  fault(self, "partition", { groups = detail })
+end
+
+--- Cut node i off from every other node (a partition {i} | the rest).
+---@param i integer|table node index or node
+function Cluster:isolate(i)
+  check_self(self, "isolate")
+  local node = node_arg(self, i, 1, "isolate")
+  need_net(self, "isolate")
+  local rest = {}
+  for _, other in ipairs(self.nodes) do if other ~= node then rest[#rest + 1] = other end end
+  set_partition(self, { { node }, rest })
+  fault(self, "isolate", { node = node.id })
+end
+
+--- One way: node i's packets to node j vanish (j's still reach i).
+function Cluster:block(i, j)
+  check_self(self, "block")
+  local a, b = node_arg(self, i, 1, "block"), node_arg(self, j, 2, "block")
+  if a == b then argerror(2, "block", "a node cannot block itself") end
+  need_net(self, "block")
+  local key = a.id .. ">" .. b.id
+  if not self._blocks[key] then self._blocks[key] = atom.net.drop{ from = a.net, to = b.net } end
+  fault(self, "block", { from = a.id, to = b.id })
+end
+
+--- Undo c:block(i, j); does nothing when it is not in force.
+function Cluster:unblock(i, j)
+  check_self(self, "unblock")
+  local a, b = node_arg(self, i, 1, "unblock"), node_arg(self, j, 2, "unblock")
+  need_net(self, "unblock")
+  local key = a.id .. ">" .. b.id
+  local r = self._blocks[key]
+  self._blocks[key] = nil
+  if r then r:remove() end
+  fault(self, "unblock", { from = a.id, to = b.id })
+end
+
+--- Remove this cluster's partition and blocks.
+function Cluster:heal()
+  check_self(self, "heal")
+  need_net(self, "heal")
+  local old, blocks = self._partition, self._blocks
+  self._partition, self._blocks = nil, {}
+  if old then old:remove() end
+  for _, r in pairs(blocks) do r:remove() end
+  fault(self, "heal", {})
 end
 
 -- }====
@@ -368,6 +495,8 @@ end
 ---@field ports table<string, integer> one free port per name in `ports`
 ---@field dir string the node's own directory in the run directory
 ---@field proc table|nil its process, once started
+---@field host string its address: its host's in an isolated run, else "127.0.0.1"
+---@field net table|nil its host (atom.net.host) in an isolated run
 
 ---@class atom.cluster_opts
 ---@field size integer number of nodes
@@ -388,12 +517,16 @@ function M.cluster(opts)
   local free_port = atom.free_port
   local c = setmetatable({ name = opts.name or "node", size = opts.size, nodes = {},
     _cmd = opts.cmd, _ready = opts.ready, _ready_timeout = opts.ready_timeout or READY_TIMEOUT,
-    _env = opts.env, _cwd = opts.cwd }, mt)
+    _env = opts.env, _cwd = opts.cwd, _blocks = {} }, mt)
   for id = 1, opts.size do
     local name = c.name .. id
     local ports = {}
     for _, pn in ipairs(opts.ports or {}) do ports[pn] = free_port() end
-    c.nodes[id] = { id = id, name = name, ports = ports, dir = node_dir(name), _state = "new" }
+    local node = { id = id, name = name, ports = ports, dir = node_dir(name), _state = "new" }
+    -- In an isolated run each node is a host of its own (SPEC §11).
+    if atom.isolated then node.net = atom.net.host(name) end
+    node.host = node.net and node.net.address or "127.0.0.1"
+    c.nodes[id] = node
   end
   return c
 end

@@ -84,6 +84,7 @@ local atom = {
     _atom.checkpoint(what or "checkpoint")
   end,
   run_dir = run_dir, mkdir = mkdir, emit = emit, owner = owner, signum = signum,
+  isolated = _atom.isolated(),
   _stats = _atom.stats,
 }
 
@@ -105,6 +106,8 @@ local lazy = {
   tcp = { "atom.tcp" }, wait_port = { "atom.tcp", "wait_port" }, free_port = { "atom.tcp", "free_port" },
   itf = { "atom.itf", nil, function(m) return { load = m.load, decode = m.decode } end },
   cluster = { "atom.cluster", "cluster" },
+  net = { "atom.net", nil, function(m) return { host = m.host, drop = m.drop, heal = m.heal } end },
+  proxy = { "atom.net", "proxy" },
 }
 setmetatable(atom, { __index = function(t, k)
   local l = lazy[k]

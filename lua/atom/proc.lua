@@ -65,11 +65,11 @@ end
 local spawn_fields = {
   name = "string", cwd = "string", env = "table", env_clear = "boolean",
   stdin = "string", output = "string", critical = "boolean", grace = "number",
-  owner = "task",
+  owner = "task", net = "host",
 }
 local exec_fields = {
   name = "string", cwd = "string", env = "table", env_clear = "boolean",
-  stdin = "string", grace = "number", timeout = "number", check = "boolean",
+  stdin = "string", grace = "number", timeout = "number", check = "boolean", net = "host",
 }
 
 local function bad(n, fname, msg) errors.argerror(n, fname, msg) end
@@ -97,7 +97,7 @@ local function parse_spec(spec, fields, fname, n)
       local want = type(k) == "string" and fields[k]
       if not want then
         bad(n, fname, format("unknown field '%s'", tostring(k)))
-      elseif type(v) ~= want and want ~= "task" then
+      elseif type(v) ~= want and want ~= "task" and want ~= "host" then
         bad(n, fname, format("field '%s' must be a %s, got %s", k, want, type(v)))
       end
     end
@@ -131,6 +131,9 @@ local function parse_spec(spec, fields, fname, n)
     stdin_data = spec.stdin ~= "pipe" and spec.stdin or nil,
     output = spec.output or "capture", critical = spec.critical,
     grace = spec.grace or 5, owner = spec.owner,
+    -- a host's processes join its network namespace (atom.net.host, SPEC §11)
+    net = spec.net,
+    netns = spec.net ~= nil and require("atom.net").netns_fd(spec.net, n, fname) or nil,
   }
 end
 
@@ -407,6 +410,7 @@ local function start(argv, o, name, log, again, header_always)
     end
     list[#list + 1] = p
   end
+  if o.netns then require("atom.net").track(o.net, p) end
   events.emit("process_spawn", { name = name, pid = p.pid, argv = argv })
   return p, c
 end
