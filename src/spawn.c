@@ -1,7 +1,7 @@
 /* spawn.c — starting one child: PATH lookup in the parent, then
  * clone(CLONE_VM|CLONE_VFORK) + execve, the way glibc's posix_spawn does it,
  * plus what posix_spawn cannot do in one call: a process group of its own,
- * PR_SET_PDEATHSIG and a pidfd (CLONE_PIDFD). Pipes, reaping and everything
+ * PR_SET_PDEATHSIG, a pidfd (CLONE_PIDFD) and, where given, a cgroup. Pipes, reaping and everything
  * Lua-facing live in proc.c; this file knows nothing of Lua or libuv. */
 #include <errno.h>
 #include <fcntl.h>
@@ -99,6 +99,10 @@ __attribute__((no_sanitize("address", "undefined"))) static int child_main(void 
   /* Covers the moment before the reaper knows this group (reaper.c). */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != c->parent) _exit(127);
+  /* Into its own cgroup (cgroup.c) before anything can fork: what it
+   * starts, daemons too, stays there. Refused: it runs without. */
+  if (r->cgroup_fd > 2 && write(r->cgroup_fd, "0", 1) < 0) {
+  }
   int fds[3] = {r->fd_in, r->fd_out, r->fd_err};
   /* A source that already sits on a low fd it is not meant for would be
    * overwritten by an earlier dup2: move it out of the way first. */
