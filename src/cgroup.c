@@ -172,8 +172,6 @@ void cgroup_signal(int dfd, int sig) {
   close(fd);
 }
 
-void cgroup_freeze(int dfd, bool on) { write_at(dfd, "cgroup.freeze", on ? "1" : "0"); }
-
 void cgroup_remove(unsigned id, int dfd) {
   char name[32];
   snprintf(name, sizeof name, "p%u", id);
@@ -195,7 +193,6 @@ struct linux_dirent64 {
  * seconds at most) until it is empty, remove it. Syscalls only. */
 void cgroup_kill_run(int base, int run, const char *name) {
   if (run < 0) return;
-  write_at(run, "cgroup.freeze", "0"); /* a Ctrl-Z'd run ends too */
   write_at(run, "cgroup.kill", "1");
   struct timespec ms10 = {0, 10 * 1000 * 1000};
   for (int i = 0; i < 500 && cgroup_populated(run); i++) nanosleep(&ms10, NULL);

@@ -70,7 +70,6 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
 int cgroup_new(unsigned id, int *procs_fd);
 bool cgroup_populated(int dfd);
 void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
-void cgroup_freeze(int dfd, bool on);
 void cgroup_remove(unsigned id, int dfd); /* closes dfd, removes the (empty) cgroup */
 int cgroup_run_fd(void);
 int cgroup_base_fd(void);

@@ -138,9 +138,7 @@ static void __attribute__((noreturn)) reaper_main(int fd, int base, int run) {
           break;
         }
     } else if ((m.op == R_STOP || m.op == R_CONT) && set != MAP_FAILED) {
-      if (m.op == R_CONT) cgroup_freeze(run, false);
       signal_all(set, n, m.op == R_STOP ? SIGSTOP : SIGCONT);
-      if (m.op == R_STOP) cgroup_freeze(run, true);
     }
   }
   if (set != MAP_FAILED) signal_all(set, n, SIGKILL);
