@@ -181,14 +181,6 @@ void cgroup_remove(unsigned id, int dfd) {
   if (runfd >= 0) unlinkat(runfd, name, AT_REMOVEDIR);
 }
 
-struct linux_dirent64 {
-  uint64_t d_ino;
-  int64_t d_off;
-  unsigned short d_reclen;
-  unsigned char d_type;
-  char d_name[];
-};
-
 /* The reaper's last act: kill everything in the run cgroup, wait (a few
  * seconds at most) until it is empty, remove it. Syscalls only. */
 void cgroup_kill_run(int base, int run, const char *name) {
@@ -196,12 +188,12 @@ void cgroup_kill_run(int base, int run, const char *name) {
   write_at(run, "cgroup.kill", "1");
   struct timespec ms10 = {0, 10 * 1000 * 1000};
   for (int i = 0; i < 500 && cgroup_populated(run); i++) nanosleep(&ms10, NULL);
-  char buf[4096];
+  char buf[4096] __attribute__((aligned(8)));
   for (;;) {
-    long n = syscall(SYS_getdents64, run, buf, sizeof buf);
+    long n = syscall(SYS_getdents64, run, buf, sizeof buf); /* readdir would allocate */
     if (n <= 0) break;
     for (long off = 0; off < n;) {
-      struct linux_dirent64 *d = (struct linux_dirent64 *)(buf + off);
+      const struct dirent64 *d = (const struct dirent64 *)(buf + off); /* the kernel's layout */
       if (d->d_type == DT_DIR && d->d_name[0] == 'p') unlinkat(run, d->d_name, AT_REMOVEDIR);
       off += d->d_reclen;
     }

@@ -73,7 +73,7 @@ static void tstp_handler(int sig) {
   int saved = errno;
   uint64_t a = uv_hrtime();
   reaper_stop_all(true);
-  raise(SIGSTOP); /* returns once continued */
+  kill(getpid(), SIGSTOP); /* returns once continued */
   uint64_t ns = uv_hrtime() - a;
   reaper_stop_all(false);
   timer_add_stopped(ns);

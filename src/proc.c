@@ -34,7 +34,7 @@ static int live_children;      /* spawned and not yet reaped */
 static int devnull = -1;
 
 static char readbuf[64 * 1024]; /* one loop thread: every read goes through it */
-static bool subreaper; /* the CLI: orphaned descendants come to us */
+static bool subreaper;          /* the CLI: orphaned descendants come to us */
 static unsigned next_cgid;
 
 static void on_exit_cb(struct proc *p);

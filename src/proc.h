@@ -69,7 +69,7 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
  * for the child to join (spawn_req.cgroup_fd; the caller closes it). */
 int cgroup_new(unsigned id, int *procs_fd);
 bool cgroup_populated(int dfd);
-void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
+void cgroup_signal(int dfd, int sig);     /* SIGKILL: cgroup.kill; else each member */
 void cgroup_remove(unsigned id, int dfd); /* closes dfd, removes the (empty) cgroup */
 int cgroup_run_fd(void);
 int cgroup_base_fd(void);
@@ -180,7 +180,7 @@ struct proc {
   int pidfd; /* open until released: it names the group even after the reap */
   int cgfd;  /* its cgroup's directory (cgroup.c), or -1 */
   unsigned cgid;
-  int ref;   /* strong ref to the userdata until released */
+  int ref; /* strong ref to the userdata until released */
   char *name;
   int status; /* waitpid status once reaped */
   double grace, exited_at;
@@ -188,10 +188,10 @@ struct proc {
   bool reaped, exit_done, out_ended, group_done, caused;
   bool stopping, stop_done, sigkilled, released, ud_gone;
   bool in_inited, in_polling, in_close_after;
-  bool log_shared; /* ob.logfd belongs to proclua.c's shared exec.log */
+  bool log_shared;   /* ob.logfd belongs to proclua.c's shared exec.log */
   bool exit_watched; /* pidfd in the epoll set until the exit is seen */
   bool swept;        /* its cgroup held more than its group: reparented orphans to reap */
-  int handles;     /* uv handles not yet closed (only in_h) */
+  int handles;       /* uv handles not yet closed (only in_h) */
   struct rpipe out[2];
   int in_fd;
   uv_poll_t in_h;

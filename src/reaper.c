@@ -41,8 +41,8 @@ struct rgroup {
 
 static int sock = -1; /* atomlua's end; its close is the reaper's signal */
 static pid_t rpid;
-static int rpidfd = -1;      /* the reaper's pidfd, watched by proc.c */
-static unsigned generation;  /* counts reaper starts */
+static int rpidfd = -1;       /* the reaper's pidfd, watched by proc.c */
+static unsigned generation;   /* counts reaper starts */
 static struct rgroup *groups; /* what the reaper is told, to replay after a restart */
 static size_t ngroups, capgroups;
 static bool warned;
@@ -110,8 +110,8 @@ static void __attribute__((noreturn)) reaper_main(int fd, int base, int run) {
       struct cmsghdr align;
     } ctl;
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof m};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                        .msg_controllen = sizeof ctl.buf};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
     ssize_t k = recvmsg(3, &mh, MSG_CMSG_CLOEXEC);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) break;
