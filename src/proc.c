@@ -561,6 +561,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   if (!r && !p) r = -ENOMEM;
   int cgprocs = -1;
   if (p) {
+    reaper_start(); /* before the run cgroup exists: the reaper removes it */
     p->pidfd = p->cgfd = -1;
     p->cgid = ++next_cgid;
     p->cgfd = cgroup_new(p->cgid, &cgprocs);

@@ -46,6 +46,7 @@ int spawn_start(const struct spawn_req *req, pid_t *pid, int *pidfd, const char 
  * with its leader's pidfd (borrowed: valid until reaper_remove; -1 if none),
  * or is gone. Both are sent at once. When atomlua dies, however it dies, the
  * reaper SIGKILLs every group it still knows and the run's cgroup. */
+void reaper_start(void); /* idempotent; also makes the run cgroup, which it removes */
 void reaper_add(pid_t pgid, int pidfd);
 void reaper_remove(pid_t pgid);
 /* Signal the group led by pidfd's process (never a reused group id) and that

@@ -224,6 +224,10 @@ static void restart(void) {
   }
 }
 
+void reaper_start(void) {
+  if (rpid == 0) restart();
+}
+
 void reaper_add(pid_t pgid, int pidfd) {
   if (ngroups == capgroups) {
     size_t cap = capgroups ? 2 * capgroups : 64;

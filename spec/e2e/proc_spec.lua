@@ -369,9 +369,12 @@ describe("no orphans, at the edges", function()
     os.execute("kill -9 " .. pid)
     wait_exit(pid)
     assert_no_survivors(tag)
-    -- and the run's cgroup is gone with it
-    assert.are.equal("", sh("ls -d /sys/fs/cgroup/atomlua-" .. pid .. "* /sys/fs/cgroup/unified/atomlua-"
-      .. pid .. "* 2>/dev/null"))
+    -- and the reaper removes the run's cgroup
+    local function left()
+      return sh("ls -d /sys/fs/cgroup/atomlua-" .. pid .. "* /sys/fs/cgroup/unified/atomlua-" .. pid
+        .. "* 2>/dev/null")
+    end
+    wait_until("the run cgroup removed", function() return left() == "" end)
   end)
 
   it("a daemon ends with the scenario file without cgroups (subreaper)", function()
