@@ -48,7 +48,8 @@ void timer_stop(struct timer *t); /* idempotent */
 static inline bool timer_active(const struct timer *t) { return t->slot >= 0; }
 uint64_t timer_next_due(void); /* earliest due time (uv_hrtime ns), UINT64_MAX when empty */
 int timer_count(void);
-void timer_shutdown(void); /* close the uv timer (end of process / module) */
+void timer_add_stopped(uint64_t ns); /* atomlua was stopped ns: deadlines move (signal-safe) */
+void timer_shutdown(void);           /* close the uv timer (end of process / module) */
 
 /* }==== */
 

@@ -2,6 +2,7 @@
  * (arguments, checks, reporters, exit status); each scenario file then runs in
  * a fresh Lua state of its own (run_file). This file also owns what must work
  * even when Lua is stuck: signals, the run deadline and the watchdog thread. */
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "atom.h"
+#include "proc.h"
 
 void sched_reset(void);
 void sched_abandon_root(void);
@@ -60,6 +62,26 @@ static void signal_handler(int sig) {
   uv_async_send(&signal_async); /* async-signal-safe */
 }
 
+/* Ctrl-Z: stop the run's process groups too (the reaper knows them all
+ * and is signal-safe to tell), stop ourselves, and after SIGCONT resume
+ * them. The time stopped does not count against any deadline. SIGSTOP,
+ * not the default SIGTSTP action, which an orphaned process group (a run
+ * started from a script) would ignore. */
+static volatile uint64_t watchdog_deadline_ns;
+static void tstp_handler(int sig) {
+  (void)sig;
+  int saved = errno;
+  uint64_t a = uv_hrtime();
+  reaper_stop_all(true);
+  kill(getpid(), SIGSTOP); /* returns once continued */
+  uint64_t ns = uv_hrtime() - a;
+  reaper_stop_all(false);
+  timer_add_stopped(ns);
+  if (watchdog_deadline_ns) watchdog_deadline_ns += ns;
+  if (hard_exit_ns) hard_exit_ns += ns;
+  errno = saved;
+}
+
 static void run_grace_cb(struct timer *t) {
   (void)t;
   sched_abandon_root(); /* whatever still runs is abandoned */
@@ -99,7 +121,6 @@ static void signal_async_cb(uv_async_t *h) {
  * is doing. It runs on the scheduler's preemption thread. */
 extern volatile bool sched_urgent;
 extern void (*volatile sched_watchdog_hook)(void);
-static uint64_t watchdog_deadline_ns;
 static void watchdog_check(void) {
   uint64_t now = uv_hrtime();
   if (first_signal) sched_urgent = true;
@@ -350,6 +371,9 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  sa.sa_handler = tstp_handler;
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTSTP, &sa, NULL);
   lua_State *L = luaL_newstate();
   if (!L) return 70;
   control = L;

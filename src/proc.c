@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,8 +34,8 @@ static int live_children;      /* spawned and not yet reaped */
 static int devnull = -1;
 
 static char readbuf[64 * 1024]; /* one loop thread: every read goes through it */
-static struct timer reaper_timer;
-static bool reaper_timer_ready;
+static bool subreaper;          /* the CLI: orphaned descendants come to us */
+static unsigned next_cgid;
 
 static void on_exit_cb(struct proc *p);
 
@@ -73,18 +75,39 @@ static bool group_has_live_member(pid_t pgid) {
   return live;
 }
 
-static bool group_alive(struct proc *p) {
-  if (p->group_done) return false;
-  if ((kill(-p->pid, 0) < 0 && errno == ESRCH) || !group_has_live_member(p->pid)) {
-    p->group_done = true;
-    return false;
+/* Does p's own group still exist? Asked through the pidfd, so a group id
+ * reused after ours ended is not taken for ours (kill(-pgid) on kernels
+ * before 6.9). */
+static bool group_exists(struct proc *p) {
+  if (p->pidfd >= 0) {
+    long r = syscall(SYS_pidfd_send_signal, p->pidfd, 0, NULL, PIDFD_SIGNAL_PROCESS_GROUP);
+    if (r == 0 || errno == ESRCH) return r == 0;
   }
-  return true;
+  return !(kill(-p->pid, 0) < 0 && errno == ESRCH);
 }
 
-static void group_signal(struct proc *p, int sig) {
-  if (!p->group_done && kill(-p->pid, sig) < 0 && errno == ESRCH) p->group_done = true;
+/* The group, or else the cgroup: what a daemon started by p left behind. */
+static bool group_alive(struct proc *p) {
+  if (p->group_done) return false;
+  if (group_exists(p) && group_has_live_member(p->pid)) return true;
+  if (p->cgfd >= 0 && cgroup_populated(p->cgfd)) {
+    if (p->reaped) p->swept = true;
+    return true;
+  }
+  p->group_done = true;
+  return false;
 }
+
+void proc_signal(struct proc *p, int sig) {
+  if (p->group_done) return;
+  reaper_signal_group(p->pid, p->pidfd, sig);
+  if (p->cgfd >= 0) {
+    cgroup_signal(p->cgfd, sig);
+    if (sig == SIGKILL) p->swept = true;
+  }
+}
+
+static void group_signal(struct proc *p, int sig) { proc_signal(p, sig); }
 
 void proc_push_status(lua_State *L, struct proc *p) {
   if (!p->reaped) {
@@ -107,36 +130,21 @@ void proc_push_signame(lua_State *L, int sig) {
     lua_pushfstring(L, "%d", sig);
 }
 
-/* The reaper hears of new groups at the next loop iteration (the process
- * keeps the loop alive until then); gone groups ride along, or go out when
- * an owner has stopped its processes. */
-static void reaper_cb(struct timer *tm) {
-  (void)tm;
-  reaper_flush();
-}
-
-static void reaper_soon(void) {
-  if (!reaper_timer_ready) {
-    timer_init(&reaper_timer);
-    reaper_timer_ready = true;
-  }
-  if (!timer_active(&reaper_timer)) timer_start(&reaper_timer, 0, reaper_cb);
-}
-
 /* }==== */
 
 /* {==== the private epoll set ==== */
 
-enum { EV_STDOUT = 0, EV_STDERR = 1, EV_EXIT = 2 }; /* low bits of epoll data */
+enum { EV_STDOUT = 0, EV_STDERR = 1, EV_EXIT = 2, EV_REAPER = 3 }; /* low bits of epoll data */
 
 static int epfd = -1;
 static uv_poll_t ep_h;
-static int ep_count;    /* fds in the set; the uv_poll runs while > 0 */
+static int ep_count;    /* fds in the set but the reaper's; the uv_poll runs while > 0 */
 static int dispatching; /* inside ep_cb: frees wait for the batch's end */
 static struct proc *free_later;
 
 static void out_event(struct proc *p, int s);
 static void exit_event(struct proc *p);
+static void watch_reaper(void);
 
 static void ep_cb(uv_poll_t *h, int status, int events) {
   (void)h;
@@ -148,8 +156,11 @@ static void ep_cb(uv_poll_t *h, int status, int events) {
   for (int i = 0; i < n; i++) {
     struct proc *p = (struct proc *)(uintptr_t)(ev[i].data.u64 & ~(uint64_t)3);
     int code = (int)(ev[i].data.u64 & 3);
-    if (code == EV_EXIT) {
-      if (p->pidfd >= 0) exit_event(p);
+    if (code == EV_REAPER) {
+      reaper_died(); /* someone killed it: a new one, told every live group */
+      watch_reaper();
+    } else if (code == EV_EXIT) {
+      if (p->exit_watched) exit_event(p);
     } else if (p->out[code].fd >= 0) { /* not closed by an earlier event */
       out_event(p, code);
     }
@@ -180,6 +191,18 @@ static int ep_add(int fd, struct proc *p, int code) {
 static void ep_del(int fd) {
   epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
   if (--ep_count == 0) uv_poll_stop(&ep_h);
+}
+
+/* The reaper's pidfd sits in the set too, without keeping the loop alive
+ * (not counted): a dead reaper is noticed while processes run. The pidfd of
+ * a replaced reaper left the set when reaper.c closed it. */
+static void watch_reaper(void) {
+  static unsigned watched_gen;
+  unsigned gen;
+  int fd = reaper_watch_fd(&gen);
+  if (fd < 0 || epfd < 0 || gen == watched_gen) return;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = EV_REAPER};
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0) watched_gen = gen;
 }
 
 /* }==== */
@@ -301,10 +324,9 @@ static void eof_timer_cb(struct timer *tm) {
 /* {==== exit, stop and release ==== */
 
 static void exit_poll_close(struct proc *p) {
-  if (p->pidfd < 0) return;
+  if (!p->exit_watched) return;
   ep_del(p->pidfd);
-  close(p->pidfd);
-  p->pidfd = -1;
+  p->exit_watched = false;
 }
 
 static void mark_reaped(struct proc *p, int status) {
@@ -494,7 +516,12 @@ void proc_maybe_release(struct proc *p) {
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
   if (p->ob.logfd >= 0 && p->log_shared) proc_shared_log_unref();
   p->ob.logfd = -1;
-  reaper_remove(p->pid); /* sent with the next add or at the owner's end */
+  reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
+  if (p->pidfd >= 0) close(p->pidfd);
+  p->pidfd = -1;
+  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd);
+  p->cgfd = -1;
+  if (p->swept && subreaper) proc_reap_orphans(false); /* their zombies are ours */
   proc_owner_unlink(p);
   if (p->gprev)
     p->gprev->gnext = p->gnext;
@@ -532,6 +559,17 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   if (!r && o->output == OUT_CAPTURE) r = pipe_pair(errp, 0);
   struct proc *p = r ? NULL : calloc(1, sizeof *p);
   if (!r && !p) r = -ENOMEM;
+  int cgprocs = -1;
+  if (p) {
+    reaper_start(); /* before the run cgroup exists: the reaper removes it */
+    p->pidfd = p->cgfd = -1;
+    p->cgid = ++next_cgid;
+    p->cgfd = cgroup_new(p->cgid, &cgprocs);
+  }
+#ifndef ATOM_MODULE
+  /* Not in module mode: the host's own orphans would come to it. */
+  if (!subreaper && prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) subreaper = true;
+#endif
   if (!r) {
     int nul = proc_devnull();
     struct spawn_req req = {
@@ -548,9 +586,11 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
         .fd_err = o->output == OUT_CAPTURE ? errp[1]
                   : o->output == OUT_NULL  ? nul
                                            : -1,
+        .cgroup_fd = cgprocs,
     };
     r = spawn_start(&req, &p->pid, &p->pidfd, stage);
   }
+  if (cgprocs >= 0) close(cgprocs);
   /* The child's ends are the child's now. */
   if (in[0] >= 0) close(in[0]);
   if (out[1] >= 0) close(out[1]);
@@ -559,12 +599,14 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     if (in[1] >= 0) close(in[1]);
     if (out[0] >= 0) close(out[0]);
     if (errp[0] >= 0) close(errp[0]);
+    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd);
     free(p);
     *err = r;
     return NULL;
   }
-  reaper_add(p->pid);
-  reaper_soon();
+  /* At once, before any blocking call could follow (os.execute, a read):
+   * from here on, a SIGKILLed atomlua takes the whole group along. */
+  reaper_add(p->pid, p->pidfd);
   live_children++;
   p->ref = LUA_NOREF;
   p->critical = o->critical;
@@ -584,12 +626,116 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     rp->fd = fds[s];
     if (rp->fd >= 0) ep_add(rp->fd, p, s);
   }
-  if (p->pidfd >= 0) ep_add(p->pidfd, p, EV_EXIT);
+  if (p->pidfd >= 0 && ep_add(p->pidfd, p, EV_EXIT) == 0) p->exit_watched = true;
+  watch_reaper();
   p->gnext = live_head;
   if (live_head) live_head->gprev = p;
   live_head = p;
   return p;
 }
+
+/* }==== */
+
+/* {==== orphans: atomlua is a child subreaper ==== */
+
+/* A daemon's double fork (or any descendant whose parent died) reparents
+ * to atomlua. Such children are found in /proc (ppid == us) and reaped one
+ * pid at a time: waitpid(-1) would steal the children proc.c reaps through
+ * pidfds, luv's and io.popen's. What is not an orphan: our processes, the
+ * reaper, luv's processes, and children in our own process group (io.popen
+ * and os.execute do not change group). */
+
+enum { O_REAP, O_KILL, O_KILL_ONLY };
+
+struct pids {
+  pid_t *v;
+  size_t n, cap;
+};
+
+static void pids_add(struct pids *s, pid_t pid) {
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? 2 * s->cap : 16;
+    pid_t *v = realloc(s->v, cap * sizeof *v);
+    if (!v) return;
+    s->v = v;
+    s->cap = cap;
+  }
+  s->v[s->n++] = pid;
+}
+
+static bool pids_has(const struct pids *s, pid_t pid) {
+  for (size_t i = 0; i < s->n; i++)
+    if (s->v[i] == pid) return true;
+  return false;
+}
+
+static void luv_pid_cb(uv_handle_t *h, void *arg) {
+  if (h->type == UV_PROCESS) pids_add(arg, ((uv_process_t *)h)->pid);
+}
+
+static bool is_ours(pid_t pid) {
+  for (struct proc *p = live_head; p; p = p->gnext)
+    if (p->pid == pid && !p->reaped) return true;
+  return false;
+}
+
+/* mode O_KILL_ONLY runs on the watchdog thread right before _exit: no
+ * walk of the loop's handles, no reaping. */
+static void orphans(int mode) {
+  if (!subreaper) return;
+  DIR *d = opendir("/proc");
+  if (!d) return;
+  pid_t me = getpid(), mygrp = getpgrp(), rp = reaper_pid();
+  struct pids luv = {0}, found = {0};
+  bool luv_known = false;
+  struct dirent *e;
+  char path[300], buf[512];
+  while ((e = readdir(d))) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    char *rp_ = strrchr(buf, ')');
+    char state;
+    int ppid, pgrp;
+    if (!rp_ || sscanf(rp_ + 1, " %c %d %d", &state, &ppid, &pgrp) != 3) continue;
+    pid_t pid = (pid_t)atoi(e->d_name);
+    if (ppid != me || pid == rp || pgrp == mygrp || is_ours(pid)) continue;
+    if (mode != O_KILL_ONLY && !luv_known) {
+      uv_walk(atom_loop, luv_pid_cb, &luv);
+      luv_known = true;
+    }
+    if (pids_has(&luv, pid)) continue;
+    if (state != 'Z') {
+      if (mode == O_REAP) continue;
+      kill(pid, SIGKILL); /* ours to reap: its id cannot be reused meanwhile */
+      if (pgrp == pid) kill(-pid, SIGKILL);
+    }
+    pids_add(&found, pid);
+  }
+  closedir(d);
+  /* SIGKILLed children die at once, but not in the same instant: wait a
+   * little (bounded), one pid at a time. */
+  for (int round = 0; mode != O_KILL_ONLY && found.n > 0 && round < 400; round++) {
+    for (size_t i = 0; i < found.n;) {
+      int st;
+      pid_t r = waitpid(found.v[i], &st, WNOHANG);
+      if (r == found.v[i] || (r < 0 && errno == ECHILD))
+        found.v[i] = found.v[--found.n];
+      else
+        i++;
+    }
+    if (found.n > 0) usleep(5000);
+  }
+  free(luv.v);
+  free(found.v);
+}
+
+void proc_reap_orphans(bool kill_them) { orphans(kill_them ? O_KILL : O_REAP); }
 
 /* }==== */
 
@@ -634,6 +780,7 @@ void proc_kill_all(void) {
     group_signal(p, SIGKILL);
     p->sigkilled = true;
   }
+  orphans(O_KILL_ONLY);
 }
 
 void proc_owner_link(struct proc *p, struct task *owner) {

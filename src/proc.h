@@ -21,6 +21,7 @@ struct spawn_req {
   const char *cwd;           /* the child's working directory, or NULL */
   int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; -1 keeps the parent's */
   int netns;                 /* > 0: a network namespace fd the child joins (a host) */
+  int cgroup_fd;             /* a cgroup.procs (fd > 2) the child joins before exec; 0: none */
 };
 
 /* Resolve prog as execvp would, in the parent: a name with '/' is made
@@ -38,16 +39,45 @@ int spawn_start(const struct spawn_req *req, pid_t *pid, int *pidfd, const char 
 
 /* {==== reaper.c ==== */
 
-/* Tell the reaper process (started on first use) that group pgid exists /
- * is gone. When atomlua dies, however it dies, the reaper SIGKILLs every
- * group it still knows. Records are queued until reaper_flush (one send per
- * loop iteration, not two per process); until then PR_SET_PDEATHSIG covers
- * the new leaders, which have had no time to start grandchildren. */
-void reaper_add(pid_t pgid);
+#ifndef PIDFD_SIGNAL_PROCESS_GROUP
+#define PIDFD_SIGNAL_PROCESS_GROUP (1U << 2) /* Linux 6.9 */
+#endif
+
+/* Tell the reaper process (started on first use) that group pgid exists,
+ * with its leader's pidfd (borrowed: valid until reaper_remove; -1 if none),
+ * or is gone. Both are sent at once. When atomlua dies, however it dies, the
+ * reaper SIGKILLs every group it still knows and the run's cgroup. */
+void reaper_start(void); /* idempotent; also makes the run cgroup, which it removes */
+void reaper_add(pid_t pgid, int pidfd);
 void reaper_remove(pid_t pgid);
-void reaper_flush(void);
-bool reaper_pending(void);
+/* Signal the group led by pidfd's process (never a reused group id) and that
+ * leader itself; kill(-pgid) when there is no pidfd or the kernel is < 6.9. */
+void reaper_signal_group(pid_t pgid, int pidfd, int sig);
+void reaper_stop_all(bool stop); /* Ctrl-Z: async-signal-safe */
+/* The reaper's pidfd (-1: none yet) and its generation (changes when a new
+ * reaper starts): readable when the reaper died; then call reaper_died. */
+int reaper_watch_fd(unsigned *gen);
+void reaper_died(void);
 pid_t reaper_pid(void); /* 0 before the first add */
+
+/* }==== */
+
+/* {==== cgroup.c ==== */
+
+/* A cgroup v2 of its own for each process, under one run cgroup, where a
+ * writable cgroup v2 exists (else every call degrades: -1, false). */
+bool cgroup_available(void); /* sets up the run cgroup at the first call */
+/* Make cgroup p<id>: returns its directory fd, and its cgroup.procs opened
+ * for the child to join (spawn_req.cgroup_fd; the caller closes it). */
+int cgroup_new(unsigned id, int *procs_fd);
+bool cgroup_populated(int dfd);
+void cgroup_signal(int dfd, int sig);     /* SIGKILL: cgroup.kill; else each member */
+void cgroup_remove(unsigned id, int dfd); /* closes dfd, removes the (empty) cgroup */
+int cgroup_run_fd(void);
+int cgroup_base_fd(void);
+const char *cgroup_run_name(void);
+/* The reaper's last act: cgroup.kill the run cgroup, remove it. */
+void cgroup_kill_run(int basefd, int runfd, const char *name);
 
 /* }==== */
 
@@ -150,8 +180,10 @@ struct ownstop; /* proclua.c: the owner's wait in proc_stop_owned */
 
 struct proc {
   pid_t pid; /* also the process group id */
-  int pidfd; /* -1 once reaped */
-  int ref;   /* strong ref to the userdata until released */
+  int pidfd; /* open until released: it names the group even after the reap */
+  int cgfd;  /* its cgroup's directory (cgroup.c), or -1 */
+  unsigned cgid;
+  int ref; /* strong ref to the userdata until released */
   char *name;
   int status; /* waitpid status once reaped */
   double grace, exited_at;
@@ -159,8 +191,10 @@ struct proc {
   bool reaped, exit_done, out_ended, group_done, caused;
   bool stopping, stop_done, sigkilled, released, ud_gone;
   bool in_inited, in_polling, in_close_after;
-  bool log_shared; /* ob.logfd belongs to proclua.c's shared exec.log */
-  int handles;     /* uv handles not yet closed (only in_h) */
+  bool log_shared;   /* ob.logfd belongs to proclua.c's shared exec.log */
+  bool exit_watched; /* pidfd in the epoll set until the exit is seen */
+  bool swept;        /* its cgroup held more than its group: reparented orphans to reap */
+  int handles;       /* uv handles not yet closed (only in_h) */
   struct rpipe out[2];
   int in_fd;
   uv_poll_t in_h;
@@ -192,6 +226,16 @@ void proc_owner_unlink(struct proc *p);
 void proc_abandon(struct proc *p);
 void proc_release_ud(struct proc *p); /* the userdata is collected */
 void proc_kill_all(void);
+/* Signal p's group (through its pidfd), its leader even if it left the
+ * group, and everything in its cgroup. */
+void proc_signal(struct proc *p, int sig);
+/* atomlua (the CLI) is a child subreaper: descendants orphaned by a daemon's
+ * double fork are reparented to it. Reap (and with kill, SIGKILL first)
+ * every child of ours that is none of: a process of proc.c, the reaper, a
+ * luv process, a member of our own process group (io.popen, os.execute).
+ * Children one pid at a time, never waitpid(-1). Anything else that starts
+ * children outside proc.c must keep them in our group or list them here. */
+void proc_reap_orphans(bool kill);
 struct proc *proc_live_head(void);
 struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n);
 void proc_stdin_flush(struct proc *p);

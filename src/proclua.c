@@ -340,7 +340,7 @@ static int l_kill(lua_State *L) {
   }
   p->critical = false;
   p->caused = true;
-  if (!p->group_done && kill(-p->pid, sig) < 0 && errno == ESRCH) p->group_done = true;
+  proc_signal(p, sig);
   if (sig == SIGKILL) p->sigkilled = true;
   lua_pushboolean(L, 1);
   return 1;
@@ -350,7 +350,7 @@ static int l_kill(lua_State *L) {
 static int l_signal(lua_State *L) {
   struct proc *p = check_proc(L);
   int sig = (int)luaL_checkinteger(L, 2);
-  if (!p->group_done && kill(-p->pid, sig) < 0 && errno == ESRCH) p->group_done = true;
+  proc_signal(p, sig);
   return 0;
 }
 
@@ -512,7 +512,6 @@ void proc_ownstop_done(struct proc *p) {
   if (--os->pending > 0) return;
   free(os->procs);
   os->procs = NULL;
-  reaper_flush();
   shared_log_close_idle();
   sched_wake(&os->w, 0);
 }
@@ -527,7 +526,6 @@ static int l_stop_owned(lua_State *L) {
   int n = 0;
   for (struct proc *p = *head; p; p = p->onext) n++;
   if (n == 0) {
-    reaper_flush(); /* the groups of released processes */
     shared_log_close_idle();
     return 0;
   }
@@ -548,7 +546,6 @@ static int l_stop_owned(lua_State *L) {
   if (os->pending == 0) {
     free(os->procs);
     os->procs = NULL;
-    reaper_flush();
     shared_log_close_idle();
     return 0;
   }
@@ -598,7 +595,7 @@ static int l_anchor_gc(lua_State *L) {
   }
   shared_log.users = 0;
   shared_log_close_idle();
-  reaper_flush();
+  proc_reap_orphans(true); /* the file is over: what its daemons left, too */
   proc_L = NULL;
   return 0;
 }

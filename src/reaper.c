@@ -1,12 +1,18 @@
 /* reaper.c — the no-orphan guardian (SPEC §4). At the first spawn atomlua
  * forks a small reaper process that holds one end of a socketpair; atomlua
- * sends it each new process group and each group that is gone. When the
- * socket reads EOF — atomlua exited, crashed or was SIGKILLed, or the host
- * of atom.so died — the reaper SIGKILLs every group it still knows and exits.
- * PR_SET_PDEATHSIG (spawn.c) only covers a group's leader, and only until the
- * group is registered here. proc.c decides when to add and remove. */
+ * tells it, at once, each new process group (with a pidfd of its leader)
+ * and each group that is gone. When the socket reads EOF — atomlua exited,
+ * crashed or was SIGKILLed, or the host of atom.so died — the reaper
+ * SIGKILLs every group it still knows, then the run's cgroup (cgroup.c), and
+ * exits. It signals a group through the leader's pidfd
+ * (PIDFD_SIGNAL_PROCESS_GROUP), so a group id reused by an unrelated process
+ * is never hit. It also stops and resumes the groups when atomlua gets
+ * Ctrl-Z (main.c). atomlua watches the reaper's own pidfd (proc.c) and
+ * starts a new one at once if it dies. proc.c decides when to add and
+ * remove. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -21,18 +28,46 @@
 
 #include "proc.h"
 
+enum { R_ADD = 1, R_DEL, R_STOP, R_CONT };
+
+struct rmsg {
+  int32_t op, pgid;
+};
+
+struct rgroup {
+  pid_t pgid;
+  int pidfd; /* the leader's pidfd: atomlua's (borrowed from proc.c) or the reaper's copy */
+};
+
 static int sock = -1; /* atomlua's end; its close is the reaper's signal */
 static pid_t rpid;
-static pid_t *groups; /* what the reaper is told, to replay after a restart */
+static int rpidfd = -1;       /* the reaper's pidfd, watched by proc.c */
+static unsigned generation;   /* counts reaper starts */
+static struct rgroup *groups; /* what the reaper is told, to replay after a restart */
 static size_t ngroups, capgroups;
-static int32_t *pending; /* records not sent yet: +pgid added, -pgid gone */
-static size_t npending, cappending;
 static bool warned;
+
+/* Signal the group of the leader behind pidfd — never a group id that was
+ * reused — and the leader itself, in case it left its group. Kernels before
+ * 6.9 cannot signal a group through a pidfd: there the id is used. */
+void reaper_signal_group(pid_t pgid, int pidfd, int sig) {
+  if (pidfd >= 0) {
+    long r = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, PIDFD_SIGNAL_PROCESS_GROUP);
+    if (r < 0 && errno == EINVAL) kill(-pgid, sig);
+    syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+  } else {
+    kill(-pgid, sig);
+  }
+}
 
 /* {==== the reaper process ==== */
 
+static void signal_all(const struct rgroup *set, size_t n, int sig) {
+  for (size_t j = 0; j < n; j++) reaper_signal_group(set[j].pgid, set[j].pidfd, sig);
+}
+
 /* After fork, possibly from a multithreaded host: only syscalls from here. */
-static void __attribute__((noreturn)) reaper_main(int fd) {
+static void __attribute__((noreturn)) reaper_main(int fd, int base, int run) {
   struct sigaction ign;
   memset(&ign, 0, sizeof ign);
   ign.sa_handler = SIG_IGN;
@@ -44,49 +79,70 @@ static void __attribute__((noreturn)) reaper_main(int fd) {
   sigemptyset(&empty);
   sigprocmask(SIG_SETMASK, &empty, NULL);
   setsid(); /* out of atomlua's group and session: `kill -9 -PGID` spares it */
-  int hi = fcntl(fd, F_DUPFD, 10);
-  dup2(hi, 3);
+  /* fd 3: the socket, 4 and 5: the cgroup directories (or nothing). */
+  int hi[3] = {fcntl(fd, F_DUPFD, 10), base >= 0 ? fcntl(base, F_DUPFD, 10) : -1,
+               run >= 0 ? fcntl(run, F_DUPFD, 10) : -1};
+  for (int i = 0; i < 3; i++)
+    if (hi[i] >= 0) dup2(hi[i], 3 + i);
+  base = hi[1] >= 0 ? 4 : -1;
+  run = hi[2] >= 0 ? 5 : -1;
   int nul = open("/dev/null", O_RDWR);
   for (int i = 0; i < 3; i++) dup2(nul, i);
   /* Drop everything else: a reaper that kept atomlua's stdout open would
    * make a caller reading atomlua's output wait for it. */
-  syscall(SYS_close_range, 4U, ~0U, 0U);
+  syscall(SYS_close_range, 6U, ~0U, 0U);
   if (chdir("/") < 0) { /* keep going: the cwd only pins a mount */
   }
   prctl(PR_SET_NAME, "atomlua-reaper");
+  /* One pidfd per group is held here: take every fd the hard limit allows. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
   size_t cap = 4096, n = 0;
-  int32_t *set =
+  struct rgroup *set =
       mmap(NULL, cap * sizeof *set, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  char buf[4096];
-  size_t have = 0;
   for (;;) {
-    ssize_t k = read(3, buf + have, sizeof buf - have);
+    struct rmsg m;
+    union {
+      char buf[CMSG_SPACE(sizeof(int))];
+      struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof m};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t k = recvmsg(3, &mh, MSG_CMSG_CLOEXEC);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) break;
-    have += (size_t)k;
-    size_t i = 0;
-    for (; i + 4 <= have; i += 4) {
-      int32_t v;
-      memcpy(&v, buf + i, 4);
-      if (v > 0) {
-        if (n == cap && set != MAP_FAILED) {
-          set = mremap(set, cap * sizeof *set, 2 * cap * sizeof *set, MREMAP_MAYMOVE);
+    int pidfd = -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+      memcpy(&pidfd, CMSG_DATA(c), sizeof pidfd);
+    if ((size_t)k < sizeof m) continue;
+    if (m.op == R_ADD && set != MAP_FAILED) {
+      if (n == cap) {
+        struct rgroup *bigger =
+            mremap(set, cap * sizeof *set, 2 * cap * sizeof *set, MREMAP_MAYMOVE);
+        if (bigger != MAP_FAILED) {
+          set = bigger;
           cap *= 2;
         }
-        if (set != MAP_FAILED) set[n++] = v;
-      } else if (set != MAP_FAILED) {
-        for (size_t j = 0; j < n; j++)
-          if (set[j] == -v) {
-            set[j] = set[--n];
-            break;
-          }
       }
+      if (n < cap) set[n++] = (struct rgroup){m.pgid, pidfd};
+    } else if (m.op == R_DEL && set != MAP_FAILED) {
+      for (size_t j = 0; j < n; j++)
+        if (set[j].pgid == m.pgid) {
+          if (set[j].pidfd >= 0) close(set[j].pidfd);
+          set[j] = set[--n];
+          break;
+        }
+    } else if ((m.op == R_STOP || m.op == R_CONT) && set != MAP_FAILED) {
+      signal_all(set, n, m.op == R_STOP ? SIGSTOP : SIGCONT);
     }
-    memmove(buf, buf + i, have - i);
-    have -= i;
   }
-  if (set != MAP_FAILED)
-    for (size_t j = 0; j < n; j++) kill(-set[j], SIGKILL);
+  if (set != MAP_FAILED) signal_all(set, n, SIGKILL);
+  cgroup_kill_run(base, run, cgroup_run_name());
   _exit(0);
 }
 
@@ -94,32 +150,43 @@ static void __attribute__((noreturn)) reaper_main(int fd) {
 
 /* {==== atomlua's side ==== */
 
-static void restart(void);
-
-static bool send_all(const int32_t *v, size_t n) {
+static bool send_rec(int op, pid_t pgid, int fd, int flags) {
   if (sock < 0) return false;
-  const char *p = (const char *)v;
-  size_t len = n * sizeof *v;
-  while (len > 0) {
-    ssize_t k = send(sock, p, len, MSG_NOSIGNAL);
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0) return false;
-    p += k;
-    len -= (size_t)k;
+  struct rmsg m = {op, pgid};
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } ctl;
+  struct iovec iov = {.iov_base = &m, .iov_len = sizeof m};
+  struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (fd >= 0) {
+    memset(&ctl, 0, sizeof ctl);
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = sizeof ctl.buf;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
   }
-  return true;
+  for (;;) {
+    ssize_t k = sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
+    if (k < 0 && errno == EINTR) continue;
+    return k == (ssize_t)sizeof m;
+  }
 }
 
 static bool start(void) {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return false;
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) return false;
+  cgroup_available(); /* the run cgroup exists before the reaper forks */
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pid_t pid = fork();
   if (pid == 0) {
     close(sv[0]);
-    reaper_main(sv[1]);
+    reaper_main(sv[1], cgroup_base_fd(), cgroup_run_fd());
   }
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   close(sv[1]);
@@ -129,13 +196,9 @@ static bool start(void) {
   }
   sock = sv[0];
   rpid = pid;
-  int32_t *known = malloc(ngroups * sizeof *known + 1);
-  if (known) {
-    for (size_t i = 0; i < ngroups; i++) known[i] = groups[i];
-    send_all(known, ngroups);
-    free(known);
-  }
-  npending = 0; /* the new reaper knows everything now */
+  rpidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  generation++;
+  for (size_t i = 0; i < ngroups; i++) send_rec(R_ADD, groups[i].pgid, groups[i].pidfd, 0);
   return true;
 }
 
@@ -144,6 +207,12 @@ static bool start(void) {
 static void restart(void) {
   if (sock >= 0) close(sock);
   sock = -1;
+  if (rpidfd >= 0) { /* it is dying: its socket closed (bounded wait) */
+    struct pollfd pfd = {.fd = rpidfd, .events = POLLIN};
+    poll(&pfd, 1, 100);
+    close(rpidfd);
+    rpidfd = -1;
+  }
   if (rpid > 0) waitpid(rpid, NULL, WNOHANG);
   rpid = 0;
   if (!start() && !warned) {
@@ -155,57 +224,48 @@ static void restart(void) {
   }
 }
 
-static void queue(int32_t v) {
-  if (npending == cappending) {
-    size_t cap = cappending ? 2 * cappending : 64;
-    int32_t *q = realloc(pending, cap * sizeof *q);
-    if (!q) { /* cannot queue: tell it now */
-      reaper_flush();
-      if (!send_all(&v, 1)) restart();
-      return;
-    }
-    pending = q;
-    cappending = cap;
-  }
-  pending[npending++] = v;
+void reaper_start(void) {
+  if (rpid == 0) restart();
 }
 
-void reaper_add(pid_t pgid) {
+void reaper_add(pid_t pgid, int pidfd) {
   if (ngroups == capgroups) {
     size_t cap = capgroups ? 2 * capgroups : 64;
-    pid_t *g = realloc(groups, cap * sizeof *g);
+    struct rgroup *g = realloc(groups, cap * sizeof *g);
     if (!g) return;
     groups = g;
     capgroups = cap;
   }
-  if (sock < 0 && rpid == 0) restart(); /* the first spawn starts the reaper */
-  groups[ngroups++] = pgid;
-  queue(pgid);
+  groups[ngroups++] = (struct rgroup){pgid, pidfd};
+  if (rpid == 0) /* the first spawn starts the reaper, which learns every group */
+    restart();
+  else if (!send_rec(R_ADD, pgid, pidfd, 0))
+    restart();
 }
 
 void reaper_remove(pid_t pgid) {
   for (size_t i = 0; i < ngroups; i++)
-    if (groups[i] == pgid) {
+    if (groups[i].pgid == pgid) {
       groups[i] = groups[--ngroups];
-      /* Added and gone before the reaper heard of it: tell it nothing. */
-      for (size_t j = npending; j-- > 0;)
-        if (pending[j] == pgid) {
-          pending[j] = pending[--npending];
-          return;
-        }
-      queue(-pgid);
-      if (npending >= 256) reaper_flush();
+      if (!send_rec(R_DEL, pgid, -1, 0)) restart(); /* a new reaper learns the rest */
       return;
     }
 }
 
-bool reaper_pending(void) { return npending > 0; }
+/* From main.c's SIGTSTP handler: async-signal-safe, never blocks. */
+void reaper_stop_all(bool stop) { send_rec(stop ? R_STOP : R_CONT, 0, -1, MSG_DONTWAIT); }
 
-void reaper_flush(void) {
-  if (npending == 0) return;
-  size_t n = npending;
-  npending = 0;
-  if (!send_all(pending, n)) restart(); /* a new reaper learns every group */
+/* The reaper's pidfd became readable: it is gone; start another one. */
+void reaper_died(void) {
+  if (rpidfd < 0) return;
+  struct pollfd pfd = {.fd = rpidfd, .events = POLLIN};
+  if (poll(&pfd, 1, 0) != 1) return; /* spurious */
+  restart();
+}
+
+int reaper_watch_fd(unsigned *gen) {
+  *gen = generation;
+  return rpidfd;
 }
 
 pid_t reaper_pid(void) { return rpid; }

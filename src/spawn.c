@@ -1,7 +1,7 @@
 /* spawn.c — starting one child: PATH lookup in the parent, then
  * clone(CLONE_VM|CLONE_VFORK) + execve, the way glibc's posix_spawn does it,
  * plus what posix_spawn cannot do in one call: a process group of its own,
- * PR_SET_PDEATHSIG and a pidfd (CLONE_PIDFD). Pipes, reaping and everything
+ * PR_SET_PDEATHSIG, a pidfd (CLONE_PIDFD) and, where given, a cgroup. Pipes, reaping and everything
  * Lua-facing live in proc.c; this file knows nothing of Lua or libuv. */
 #include <errno.h>
 #include <fcntl.h>
@@ -102,6 +102,11 @@ __attribute__((no_sanitize("address", "undefined"))) static int child_main(void 
   /* A host's process lives in the host's network namespace (SPEC §11);
    * before close_range, which would close the fd. */
   if (r->netns > 0 && setns(r->netns, CLONE_NEWNET) < 0) CHILD_FAIL(c, "setns");
+  /* Into its own cgroup (cgroup.c) before anything can fork: what it
+   * starts, daemons too, stays there. Refused: it runs without. */
+  if (r->cgroup_fd > 2 && write(r->cgroup_fd, "0", 1) < 0) {
+    /* refused: it runs outside the cgroup */
+  }
   int fds[3] = {r->fd_in, r->fd_out, r->fd_err};
   /* A source that already sits on a low fd it is not meant for would be
    * overwritten by an earlier dup2: move it out of the way first. */

@@ -1,6 +1,7 @@
 /* timer.c — every deadline of the run (sleeps, timeouts, graces) on one
  * uv_timer_t over a binary min-heap, so a timer costs no uv handle and no
  * close callback: timers live inside the structs that own them. */
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "atom.h"
@@ -11,6 +12,7 @@ static uint64_t next_seq;
 static uv_timer_t uv_timer;
 static bool uv_timer_ready;
 static uint64_t armed_due = UINT64_MAX;
+static _Atomic uint64_t stopped_ns; /* not yet applied: see timer_add_stopped */
 
 static bool earlier(const struct timer *a, const struct timer *b) {
   return a->due < b->due || (a->due == b->due && a->seq < b->seq);
@@ -47,6 +49,18 @@ static void sift_down(int i) {
 
 static void timer_fire_cb(uv_timer_t *h);
 
+/* Time atomlua spent stopped (Ctrl-Z) does not count against deadlines:
+ * main.c's handler adds it, and every due time moves by as much before the
+ * heap is next used. One shift for all keeps the heap in order. */
+void timer_add_stopped(uint64_t ns) { atomic_fetch_add(&stopped_ns, ns); }
+
+static void apply_stopped(void) {
+  uint64_t ns = atomic_exchange(&stopped_ns, 0);
+  if (ns == 0) return;
+  for (int i = 0; i < heap_len; i++) heap[i]->due += ns;
+  armed_due = UINT64_MAX; /* re-arm for the new earliest due */
+}
+
 /* Keep the uv timer armed for the earliest deadline; re-arming only when the
  * earliest deadline changed keeps 10,000 sleeps cheap. */
 static void rearm(void) {
@@ -78,6 +92,7 @@ void timer_init(struct timer *t) {
 
 void timer_start(struct timer *t, double secs, void (*cb)(struct timer *)) {
   timer_stop(t);
+  apply_stopped();
   if (heap_len == heap_cap) {
     heap_cap = heap_cap ? heap_cap * 2 : 64;
     heap = realloc(heap, sizeof *heap * (size_t)heap_cap);
@@ -111,6 +126,7 @@ void timer_stop(struct timer *t) {
 static void timer_fire_cb(uv_timer_t *h) {
   (void)h;
   armed_due = UINT64_MAX;
+  apply_stopped();
   uint64_t now = uv_hrtime();
   while (heap_len > 0 && heap[0]->due <= now) {
     struct timer *t = heap[0];
@@ -120,7 +136,10 @@ static void timer_fire_cb(uv_timer_t *h) {
   rearm();
 }
 
-uint64_t timer_next_due(void) { return heap_len ? heap[0]->due : UINT64_MAX; }
+uint64_t timer_next_due(void) {
+  apply_stopped();
+  return heap_len ? heap[0]->due : UINT64_MAX;
+}
 int timer_count(void) { return heap_len; }
 
 void timer_shutdown(void) {

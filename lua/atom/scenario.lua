@@ -14,6 +14,16 @@ local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
 
+-- Directories handed to scripts are absolute: nodes run with cwd = node.dir,
+-- where a relative `node.dir .. "/data"` would point one level deeper.
+local function absolute(path)
+  if path == nil or path:sub(1, 1) == "/" then return path end
+  local cwd = assert(require("luv").cwd())
+  path = path:gsub("^%./", ""):gsub("/%.$", "")
+  if path == "." or path == "" then return cwd end
+  return cwd .. "/" .. path
+end
+
 -- The live status line (SPEC §1): src/main.c calls M.tick about once a
 -- second while this file runs on a terminal; the console in the control
 -- state draws it. Scenario output must then pass through the console too,
@@ -57,7 +67,7 @@ function M.before_stop() evidence.note_waiting(nil) end
 function M.main(cfg)
   local atom = require "atom"
   _G.atom = atom
-  state.file, state.run_dir, state.file_dir = cfg.file, cfg.run_dir, cfg.file_dir
+  state.file, state.run_dir, state.file_dir = cfg.file, absolute(cfg.run_dir), absolute(cfg.file_dir)
   state.verbose, state.grace, state.suite = cfg.verbose or 0, cfg.grace or 10, cfg.suite
   _atom.set_default_grace(state.grace)
   events.clock = _atom.now
@@ -74,7 +84,7 @@ function M.main(cfg)
   if cfg.live then start_live() end
   runner.filter = cfg.filter
   atom.args = cfg.args or {}
-  atom.dir = dirname(cfg.file)
+  atom.dir = absolute(dirname(cfg.file))
   package.path = atom.dir .. "/?.lua;" .. atom.dir .. "/?/init.lua;" .. package.path
   math.randomseed(cfg.seed)
   local exit_code

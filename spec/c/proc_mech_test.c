@@ -1,7 +1,8 @@
 /* proc_mech_test.c — the process mechanisms without Lua: spawn.c (lookup,
  * process group, signal reset, exec errors), outbuf.c (line rules, bounds,
- * log) and reaper.c (groups die when their spawner is SIGKILLed).
- * tools/run-tests.sh builds it alone, so the three files are included here:
+ * log) and reaper.c (groups die when their spawner is SIGKILLed; a group id
+ * reused by someone else is spared). tools/run-tests.sh builds it alone, so
+ * the files are included here:
  * cc -D_GNU_SOURCE -Isrc spec/c/proc_mech_test.c $(pkg-config --cflags --libs libuv) */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +16,7 @@
 #include <uv.h>
 
 #define PROC_MECH_ONLY
+#include "cgroup.c"
 #include "outbuf.c"
 #include "proc.h"
 #include "reaper.c"
@@ -32,7 +34,8 @@
 
 extern char **environ;
 
-static int run(char *const argv[], int out, pid_t *pidp, const char **stage) {
+/* Start argv; keep its pidfd in *pidfdp, or close it when pidfdp is NULL. */
+static int run_fd(char *const argv[], int out, pid_t *pidp, int *pidfdp, const char **stage) {
   char path[4096];
   int r = spawn_lookup(argv[0], getenv("PATH"), path, sizeof path);
   if (r) return r;
@@ -40,8 +43,15 @@ static int run(char *const argv[], int out, pid_t *pidp, const char **stage) {
       .path = path, .argv = argv, .envp = environ, .fd_in = -1, .fd_out = out, .fd_err = -1};
   int pidfd;
   r = spawn_start(&req, pidp, &pidfd, stage);
-  if (r == 0 && pidfd >= 0) close(pidfd);
+  if (r == 0 && pidfdp)
+    *pidfdp = pidfd;
+  else if (r == 0 && pidfd >= 0)
+    close(pidfd);
   return r;
+}
+
+static int run(char *const argv[], int out, pid_t *pidp, const char **stage) {
+  return run_fd(argv, out, pidp, NULL, stage);
 }
 
 static char *slurp(int fd) {
@@ -192,11 +202,11 @@ static void test_reaper(void) {
     int q[2];
     if (pipe2(q, O_CLOEXEC) != 0) _exit(1);
     pid_t pid;
+    int pidfd;
     const char *stage;
     char *argv[] = {"sh", "-c", "sleep 1000 & echo $!; exec sleep 1001", NULL};
-    if (run(argv, q[1], &pid, &stage) != 0) _exit(1);
-    reaper_add(pid);
-    reaper_flush();
+    if (run_fd(argv, q[1], &pid, &pidfd, &stage) != 0) _exit(1);
+    reaper_add(pid, pidfd);
     close(q[1]);
     char line[64] = {0};
     ssize_t k = read(q[0], line, sizeof line - 1);
@@ -219,6 +229,79 @@ static void test_reaper(void) {
   for (int i = 0; i < 200 && (alive(msg[1]) || alive(msg[2])); i++) usleep(10000);
   ASSERT(!alive(msg[1]));
   ASSERT(!alive(msg[2]));
+}
+
+/* Become a process with pid `want` leading its own group (root only: it
+ * writes /proc/sys/kernel/ns_last_pid; other forks on the machine may win
+ * the race, so it tries again). Returns the pid, or 0 if impossible. */
+static pid_t impostor(pid_t want) {
+  for (int i = 0; i < 200; i++) {
+    int fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY);
+    if (fd < 0) return 0;
+    char num[16];
+    int len = snprintf(num, sizeof num, "%d", (int)want - 1);
+    ssize_t k = write(fd, num, (size_t)len);
+    close(fd);
+    if (k != len) return 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+      setpgid(0, 0);
+      pause();
+      _exit(0);
+    }
+    if (pid == want) {
+      setpgid(pid, pid); /* whichever of the two runs first */
+      return pid;
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+  }
+  return 0;
+}
+
+static void test_reaper_stale_group(void) {
+  /* A fake atomlua registers a group, which then ends without the reaper
+   * hearing of it (as if atomlua died right then); an unrelated process
+   * gets the same id and leads a group of that id. The fake atomlua is
+   * SIGKILLed: the reaper must spare the impostor. */
+  int p[2];
+  ASSERT(pipe(p) == 0);
+  pid_t fake = fork();
+  if (fake == 0) {
+    close(p[0]);
+    pid_t pid;
+    int pidfd;
+    const char *stage;
+    char *argv[] = {"sleep", "1000", NULL};
+    if (run_fd(argv, -1, &pid, &pidfd, &stage) != 0) _exit(1);
+    reaper_add(pid, pidfd);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    int msg[2] = {pid, reaper_pid()};
+    if (write(p[1], msg, sizeof msg) != sizeof msg) _exit(1);
+    pause();
+    _exit(0);
+  }
+  close(p[1]);
+  int msg[2];
+  ASSERT(read(p[0], msg, sizeof msg) == sizeof msg);
+  close(p[0]);
+  pid_t imp = impostor(msg[0]);
+  if (!imp) {
+    fprintf(stderr, "skipped: cannot choose a pid (ns_last_pid)\n");
+    kill(fake, SIGKILL);
+    waitpid(fake, NULL, 0);
+    return;
+  }
+  ASSERT_EQ(getpgid(imp), imp);
+  kill(fake, SIGKILL);
+  waitpid(fake, NULL, 0);
+  for (int i = 0; i < 200 && alive(msg[1]); i++) usleep(10000);
+  ASSERT(!alive(msg[1])); /* the reaper has done its work */
+  usleep(50000);
+  ASSERT_EQ(waitpid(imp, NULL, WNOHANG), 0); /* still running */
+  kill(imp, SIGKILL);
+  waitpid(imp, NULL, 0);
 }
 
 static void test_speed(void) {
@@ -248,6 +331,7 @@ int main(void) {
   test_spawn();
   test_outbuf();
   test_reaper();
+  test_reaper_stale_group();
   test_speed();
   uv_loop_t loop;
   ASSERT(uv_loop_init(&loop) == 0);

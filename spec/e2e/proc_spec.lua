@@ -195,3 +195,211 @@ describe("log files", function()
     os.execute("rm -rf " .. dir)
   end)
 end)
+
+-- The edges of the guarantee (docs/processes.md, "No orphans").
+describe("no orphans, at the edges", function()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() os.execute("rm -rf " .. dir) end)
+
+  local function is_root() return sh("id -u"):match("^0") ~= nil end
+
+  -- A writable cgroup v2 (as atomlua looks for it: root, or delegated).
+  local function cgroup_ok()
+    if not is_root() then return false end
+    local f = io.open("/proc/self/mountinfo")
+    local info = f:read("a")
+    f:close()
+    for root, mnt in info:gmatch("%d+ %d+ %S+ (%S+) (%S+)[^\n]- %- cgroup2 ") do
+      if root == "/" then
+        local k = io.open(mnt .. "/cgroup.procs", "a")
+        if k then k:close() return true end
+      end
+    end
+    return false
+  end
+
+  -- atomlua in the background on FIX..file with args; returns its pid and
+  -- the ready file's first line once written.
+  local function start(file, args, opts)
+    local ready = dir .. "/ready"
+    local cmd = ("%s %s run --workdir %s %s %s%s -- %s >%s/out 2>&1 & echo $!"):format(
+      opts and opts.env or "", BIN, dir .. "/w", opts and opts.flags or "", FIX, file, args, dir)
+    local pid = assert(tonumber((sh(cmd))))
+    for _ = 1, 200 do
+      local f = io.open(ready)
+      local line = f and f:read("l")
+      if f then f:close() end
+      if line then return pid, line end
+      sleep(0.05)
+    end
+    error("scenario not ready: " .. (io.open(dir .. "/out"):read("a")))
+  end
+
+  local function state_of(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return nil end
+    local st = f:read("a"):match("^%d+ %b() (%a)")
+    f:close()
+    return st
+  end
+
+  local function wait_exit(pid)
+    for _ = 1, 400 do
+      local st = state_of(pid)
+      if not st or st == "Z" then return end
+      sleep(0.05)
+    end
+    error("atomlua did not exit")
+  end
+
+  local function wait_until(what, fn)
+    for _ = 1, 100 do
+      if fn() then return end
+      sleep(0.05)
+    end
+    error("timed out waiting for " .. what)
+  end
+
+  local function output() return (io.open(dir .. "/out"):read("a")) end
+
+  it("a spawn followed at once by a blocking call, then SIGKILL", function()
+    local tag = new_tag()
+    local fifo = dir .. "/fifo"
+    assert(os.execute("mkfifo " .. fifo))
+    local pid = start("escape.lua", tag .. " " .. dir .. "/ready block " .. fifo)
+    -- both the leader and its grandchild run, and atomlua never yielded
+    wait_until("the family", function() return select(2, survivors(tag):gsub("%d+", "")) == 2 end)
+    os.execute("kill -9 " .. pid)
+    wait_exit(pid)
+    assert_no_survivors(tag)
+  end)
+
+  it("the reaper spares a process group id reused by someone else", function()
+    if not is_root() then
+      pending("needs root (writes /proc/sys/kernel/ns_last_pid)")
+      return
+    end
+    local tag = new_tag()
+    local pid, gone = start("escape.lua", tag .. " " .. dir .. "/ready reuse")
+    gone = assert(tonumber(gone))
+    -- An unrelated process takes the ended group's id and leads a group of it.
+    local imp
+    for _ = 1, 100 do
+      local got = tonumber((sh(("echo %d > /proc/sys/kernel/ns_last_pid; setsid sleep 1000.%s >/dev/null 2>&1 & echo $!")
+        :format(gone - 1, tag))))
+      if got == gone then imp = got break end
+      os.execute("kill -9 " .. got)
+    end
+    if not imp then
+      os.execute("kill -9 " .. pid)
+      pending("could not get pid " .. gone .. " again (a busy machine)")
+      return
+    end
+    wait_until("the impostor", function() return survivors(tag) ~= "" end)
+    os.execute("kill -9 " .. pid)
+    wait_exit(pid)
+    sleep(0.5) -- the reaper had its chance
+    local left = survivors(tag)
+    os.execute("kill -9 " .. imp .. " 2>/dev/null")
+    assert.are.equal(tostring(imp), left)
+  end)
+
+  -- The reaper of atomlua pid: a child named atomlua-reaper.
+  local function reaper_of(pid)
+    for p in sh("ls /proc"):gmatch("%d+") do
+      local f = io.open("/proc/" .. p .. "/stat")
+      local st = f and f:read("a") or ""
+      if f then f:close() end
+      local comm, state, ppid = st:match("^%d+ %((.-)%) (%a) (%d+)")
+      if comm == "atomlua-reaper" and state ~= "Z" and tonumber(ppid) == pid then return tonumber(p) end
+    end
+  end
+
+  it("a killed reaper is replaced at once, and knows every group", function()
+    local tag = new_tag()
+    local ready = dir .. "/ready"
+    local cmd = ("%s run --workdir %s %sorphans.lua -- %s %s wait >%s/out 2>&1 & echo $!"):format(
+      BIN, dir .. "/w", FIX, tag, ready, dir)
+    local pid = assert(tonumber((sh(cmd))))
+    wait_until("ready", function() return io.open(ready) ~= nil end)
+    local first = reaper_of(pid)
+    assert.truthy(first, "no reaper")
+    os.execute("kill -9 " .. first)
+    local second
+    wait_until("a new reaper", function()
+      second = reaper_of(pid)
+      return second and second ~= first
+    end)
+    os.execute("kill -9 " .. pid)
+    wait_exit(pid)
+    assert_no_survivors(tag)
+  end)
+
+  it("p:stop() stops a leader that left its group (without cgroups too)", function()
+    local out, code = sh(("ATOMLUA_CGROUP=0 %s run --timeout 20 --workdir %s %sleave_group.lua 2>&1"):format(
+      BIN, dir, FIX))
+    assert.are.equal(0, code, out)
+    local secs = tonumber(out:match("stopped: nil TERM after ([%d.]+)s"))
+    assert(secs and secs < 10, out)
+  end)
+
+  it("a daemon (double fork, setsid) ends with the test that started it (cgroup)", function()
+    if not cgroup_ok() then
+      pending("needs a writable cgroup v2 (root or a delegated subtree)")
+      return
+    end
+    local tag = new_tag()
+    local pid = start("escape.lua", tag .. " " .. dir .. "/ready daemon")
+    assert.truthy(output():find("after the test, daemon alive: false", 1, true), output())
+    assert.truthy(output():find("✓ starts a daemon", 1, true), output())
+    os.execute("kill -9 " .. pid)
+    wait_exit(pid)
+    assert_no_survivors(tag)
+  end)
+
+  it("a daemon outlives no SIGKILL of atomlua (cgroup)", function()
+    if not cgroup_ok() then
+      pending("needs a writable cgroup v2 (root or a delegated subtree)")
+      return
+    end
+    local tag = new_tag()
+    local pid = start("escape.lua", tag .. " " .. dir .. "/ready daemon-top")
+    assert.are_not.equal("", survivors(tag))
+    os.execute("kill -9 " .. pid)
+    wait_exit(pid)
+    assert_no_survivors(tag)
+    -- and the reaper removes the run's cgroup
+    local function left()
+      return sh("ls -d /sys/fs/cgroup/atomlua-" .. pid .. "* /sys/fs/cgroup/unified/atomlua-" .. pid
+        .. "* 2>/dev/null")
+    end
+    wait_until("the run cgroup removed", function() return left() == "" end)
+  end)
+
+  it("a daemon ends with the scenario file without cgroups (subreaper)", function()
+    local tag = new_tag()
+    local pid = start("escape.lua", tag .. " " .. dir .. "/ready daemon-top end", { env = "ATOMLUA_CGROUP=0" })
+    wait_exit(pid)
+    assert_no_survivors(tag)
+  end)
+
+  it("Ctrl-Z stops the nodes too; stopped time does not count against --timeout", function()
+    local tag = new_tag()
+    local pid, node = start("tstp.lua", tag .. " " .. dir .. "/ready", { flags = "--timeout 5 " })
+    os.execute("kill -TSTP " .. pid)
+    wait_until("atomlua and its node stopped", function()
+      return state_of(pid) == "T" and state_of(node) == "T"
+    end)
+    sleep(5.5)
+    assert.are.equal("T", state_of(node))
+    os.execute("kill -CONT " .. pid)
+    wait_until("the node resumed", function() return state_of(node) ~= "T" end)
+    wait_exit(pid)
+    local _, code = sh("wait " .. pid .. " 2>/dev/null") -- not our child: read the output instead
+    assert.truthy(output():find("slept", 1, true), output())
+    assert.falsy(output():find("timed out", 1, true), output())
+    assert_no_survivors(tag)
+    local _ = code
+  end)
+end)
