@@ -212,6 +212,37 @@ describe("register", function()
   end)
 end)
 
+describe("the HTML page", function()
+  it("is self-contained, marks the op that cannot follow and its concurrent ops", function()
+    local path = tmpname():gsub("jsonl$", "html")
+    run(function()
+      local h = hist { { "i", 1, "write", 1 }, { "ok", 1 }, { "i", 1, "write", 2 }, { "ok", 1 },
+        { "i", 2, "read" }, { "i", 3, "read" }, { "ok", 3, 2 }, { "ok", 2, 1 } }
+      local r = h:check { model = "register" }
+      assert.equal(path, r:html(path))
+    end)
+    local f = io.open(path)
+    local page = f:read("a")
+    f:close()
+    os.remove(path)
+    assert.matches("^<!doctype html>", page)
+    assert.is_nil(page:find("<script src", 1, true)) -- nothing fetched
+    assert.is_nil(page:find("<link", 1, true))
+    assert.matches('"r":"bad"', page, 1, true)
+    assert.matches('"r":"concurrent"', page, 1, true)
+    assert.matches("not linearizable", page, 1, true)
+    -- the script parses (node is one of the test dependencies)
+    local js = page:match("<script>(.-)</script>")
+    local jpath = path .. ".js"
+    f = io.open(jpath, "w")
+    f:write(js)
+    f:close()
+    local ok = os.execute("node --check " .. jpath .. " 2>/dev/null")
+    os.remove(jpath)
+    assert.is_true(ok == true or ok == 0)
+  end)
+end)
+
 describe("cas-register", function()
   it("cas swaps when the value matches; a failed cas saw another value", function()
     assert.is_true(check({ { "i", 1, "write", 1 }, { "ok", 1 }, { "i", 1, "cas", { 1, 2 } }, { "ok", 1 },

@@ -249,10 +249,208 @@ function Result:__tostring()
       opstr(ce.op), #ce.concurrent)
 end
 
---- Write a self-contained page showing the check (see docs/histories.md).
+-- {==== the HTML page ====
+
+local function esc(v)
+  return (tostring(v):gsub("[&<>\"']", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;",
+    ["'"] = "&#39;" }))
+end
+
+local PAGE_LIMIT = 20000 -- operations drawn; the rest are counted
+
+-- Which key (as a string) an invocation's value belongs to, as the check split it.
+local function key_of(opts, value)
+  if opts.model == "kv" then return type(value) == "table" and value.key or nil end
+  if opts.independent then return type(value) == "table" and value[1] or nil end
+  if type(opts.model) == "table" and opts.model.key then
+    local ok, k = pcall(opts.model.key, { value = value })
+    return ok and k or nil
+  end
+  return nil
+end
+
+local function page_data(res)
+  local events, done = res.history.events, pairing(res.history.events)
+  local opts, raw = res._opts, res._raw
+  local step, bad_key = {}, nil
+  for _, lin in ipairs(raw.linearizations or {}) do
+    for k, pos in ipairs(lin.order) do step[pos] = k end
+  end
+  local role = {}
+  if raw.counterexample then
+    local ce = raw.counterexample
+    bad_key = ce.key
+    for k, pos in ipairs(ce.prefix) do step[pos] = k end
+    role[ce.op] = "bad"
+    for _, pos in ipairs(ce.concurrent) do role[pos] = "concurrent" end
+  end
+  local t0, t1 = math.huge, -math.huge
+  for _, ev in ipairs(events) do
+    if ev.time then t0 = math.min(t0, ev.time); t1 = math.max(t1, ev.time) end
+  end
+  if t0 == math.huge then t0, t1 = 0, 1 end
+  local keys, byname, drawn, skipped = {}, {}, 0, 0
+  for pos, ev in ipairs(events) do
+    if ev.type == "invoke" then
+      if drawn >= PAGE_LIMIT then
+        skipped = skipped + 1
+      else
+        drawn = drawn + 1
+        local op = describe(events, done, pos)
+        local k = key_of(opts, op.value)
+        local name = k == nil and "" or atom.repr(k, 60)
+        local sec = byname[name]
+        if not sec then
+          sec = { key = name, ops = {}, bad = bad_key ~= nil and atom.repr(bad_key, 60) == name }
+          byname[name] = sec
+          keys[#keys + 1] = sec
+        end
+        sec.ops[#sec.ops + 1] = {
+          p = atom.repr(op.process, 30), f = op.f, v = op.value ~= nil and atom.repr(op.value, 60) or "",
+          o = op.output ~= nil and atom.repr(op.output, 60) or "", t = op.type, e = op.error and
+            tostring(op.error) or nil, a = (op.time or t0) - t0, b = op.end_time and (op.end_time - t0) or nil,
+          i = op.index, s = step[pos], r = role[pos],
+        }
+      end
+    end
+  end
+  return { title = res.history.name or "history", verdict = tostring(res), valid = res.valid,
+    span = math.max(t1 - t0, 1), keys = json.array(keys), skipped = skipped }
+end
+
+local PAGE = [==[<!doctype html>
+<html><head><meta charset="utf-8"><title>%TITLE%</title>
+<style>
+body{font:13px/1.4 system-ui,sans-serif;margin:16px;color:#222}
+h1{font-size:18px;margin:0 0 4px} .verdict{margin:0 0 12px;font-family:monospace}
+.ok{color:#1a7f37}.bad{color:#cf222e}.unk{color:#9a6700}
+section{margin:14px 0;border-top:1px solid #ddd;padding-top:8px}
+h2{font-size:14px;margin:4px 0} svg{display:block;overflow:visible}
+.legend span{display:inline-block;margin-right:14px}
+.sw{display:inline-block;width:12px;height:10px;margin-right:4px;vertical-align:middle}
+#tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #888;padding:4px 6px;
+font:12px monospace;white-space:pre;display:none;box-shadow:2px 2px 6px #0003}
+ol{font-family:monospace;font-size:12px;max-height:18em;overflow:auto}
+li.badop{color:#cf222e;font-weight:bold}
+</style></head><body>
+<h1>%TITLE%</h1><p class="verdict" id="verdict"></p>
+<p class="legend"><span><i class="sw" style="background:#8fd19e"></i>ok</span>
+<span><i class="sw" style="background:#f6c177"></i>info (may take effect any time after its start, or never)</span>
+<span><i class="sw" style="background:#ccc"></i>fail / not checked</span>
+<span><i class="sw" style="border:2px solid #cf222e"></i>cannot follow the linearization</span>
+<span><i class="sw" style="border:2px dashed #bc4c00"></i>concurrent with it</span>
+<span>numbers: position in the linearization found (the longest one, where it breaks)</span></p>
+<div id="main"></div><div id="tip"></div>
+<script>
+const D = %DATA%;
+const W = Math.max(600, window.innerWidth - 80), ROW = 26, LEFT = 90;
+const tip = document.getElementById('tip');
+const v = document.getElementById('verdict');
+v.textContent = D.verdict;
+v.className = 'verdict ' + (D.valid === true ? 'ok' : D.valid === false ? 'bad' : 'unk');
+const NS = 'http://www.w3.org/2000/svg';
+function el(tag, attrs, parent) {
+  const e = document.createElementNS(NS, tag);
+  for (const k in attrs) e.setAttribute(k, attrs[k]);
+  if (parent) parent.appendChild(e);
+  return e;
+}
+function label(o) {
+  let s = o.f + (o.v !== '' ? ' ' + o.v : '');
+  if (o.o !== '') s += ' → ' + o.o;
+  return s;
+}
+const main = document.getElementById('main');
+const order = D.keys.slice().sort((a, b) => (b.bad ? 1 : 0) - (a.bad ? 1 : 0));
+for (const sec of order) {
+  const s = document.createElement('section');
+  const h = document.createElement('h2');
+  h.textContent = (sec.key === '' ? 'all operations' : 'key ' + sec.key) + ' — ' + sec.ops.length +
+    ' operations' + (sec.bad ? ' — NOT LINEARIZABLE' : '');
+  if (sec.bad) h.className = 'bad';
+  s.appendChild(h);
+  const procs = [];
+  for (const o of sec.ops) if (!procs.includes(o.p)) procs.push(o.p);
+  const svg = el('svg', {width: W + LEFT, height: procs.length * ROW + 24}, s);
+  const x = t => LEFT + (t / D.span) * W;
+  procs.forEach((p, r) => {
+    const t = el('text', {x: 4, y: r * ROW + 17, 'font-size': 12}, svg);
+    t.textContent = 'process ' + p;
+    el('line', {x1: LEFT, x2: LEFT + W, y1: r * ROW + ROW - 2, y2: r * ROW + ROW - 2, stroke: '#eee'}, svg);
+  });
+  for (const o of sec.ops) {
+    const r = procs.indexOf(o.p);
+    const end = o.b === null || o.b === undefined || o.t === 'info' ? D.span : o.b;
+    const x0 = x(o.a), w = Math.max(3, x(end) - x0);
+    const fill = o.t === 'ok' ? '#8fd19e' : o.t === 'info' ? '#f6c177' : '#ccc';
+    const g = el('g', {}, svg);
+    const rect = el('rect', {x: x0, y: r * ROW + 3, width: w, height: ROW - 8, rx: 3, fill: fill,
+      stroke: o.r === 'bad' ? '#cf222e' : o.r === 'concurrent' ? '#bc4c00' : '#0003',
+      'stroke-width': o.r ? 2.5 : 1, 'stroke-dasharray': o.r === 'concurrent' ? '5 3' : ''}, g);
+    if (o.t === 'info') rect.setAttribute('fill-opacity', 0.5);
+    if (w > 30) {
+      const t = el('text', {x: x0 + 3, y: r * ROW + 16, 'font-size': 11}, g);
+      t.textContent = (o.s ? '#' + o.s + ' ' : '') + label(o);
+      if (t.getComputedTextLength && t.getComputedTextLength() > w - 4) t.textContent = o.s ? '#' + o.s : '';
+    }
+    g.addEventListener('mousemove', ev => {
+      tip.style.display = 'block';
+      tip.style.left = (ev.clientX + 12) + 'px';
+      tip.style.top = (ev.clientY + 12) + 'px';
+      tip.textContent = 'process ' + o.p + '\n' + label(o) + '\n' + o.t + (o.e ? ' (' + o.e + ')' : '') +
+        '\nevent ' + o.i + '\n' + (o.a / 1e6).toFixed(3) + ' ms → ' +
+        (o.b === null || o.b === undefined ? 'never' : (o.b / 1e6).toFixed(3) + ' ms') +
+        (o.s ? '\nlinearized #' + o.s : '') + (o.r ? '\n' + (o.r === 'bad' ? 'CANNOT FOLLOW THE LINEARIZATION' : 'concurrent with it') : '');
+    });
+    g.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
+  }
+  const lin = sec.ops.filter(o => o.s).sort((a, b) => a.s - b.s);
+  if (lin.length || sec.bad) {
+    const d = document.createElement('details');
+    if (sec.bad) d.open = true;
+    const sm = document.createElement('summary');
+    sm.textContent = (sec.bad ? 'longest linearizable prefix (' : 'linearization (') + lin.length + ' operations)';
+    d.appendChild(sm);
+    const ol = document.createElement('ol');
+    for (const o of lin) {
+      const li = document.createElement('li');
+      li.textContent = 'process ' + o.p + ': ' + label(o) + ' [event ' + o.i + ']';
+      ol.appendChild(li);
+    }
+    const bad = sec.ops.find(o => o.r === 'bad');
+    if (bad) {
+      const li = document.createElement('li');
+      li.className = 'badop';
+      li.textContent = 'cannot follow: process ' + bad.p + ': ' + label(bad) + ' [event ' + bad.i + ']';
+      ol.appendChild(li);
+    }
+    d.appendChild(ol);
+    s.appendChild(d);
+  }
+  main.appendChild(s);
+}
+if (D.skipped) {
+  const p = document.createElement('p');
+  p.textContent = D.skipped + ' more operations are not drawn.';
+  main.appendChild(p);
+}
+</script></body></html>
+]==]
+
+--- Write a self-contained page showing the check (see docs/histories.md):
+--- each key's operations per process on a time axis, the linearization
+--- found and, when there is none, where it breaks. Returns path.
 function Result:html(path)
   checkarg(1, "html", path, "string")
-  return require("atom.history_html").write(self, path)
+  local data = json.encode(page_data(self)):gsub("</", "<\\/")
+  local title = esc("atomlua history " .. (self.history.name or ""))
+  local page = PAGE:gsub("%%TITLE%%", function() return title end)
+    :gsub("%%DATA%%", function() return data end)
+  local f, err = io.open(path, "w")
+  if not f then error(atom.error("io", "html: " .. tostring(err)), 0) end
+  f:write(page)
+  f:close()
+  return path
 end
 
 -- }====
