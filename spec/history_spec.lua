@@ -361,6 +361,35 @@ describe("a custom Lua model (FIFO queue)", function()
   end)
 end)
 
+describe("a recorded etcd history", function()
+  local path = "spec/fixtures/history/etcd-6s.jsonl"
+  it("is linearizable; with one read altered it is not, and the counterexample names that read", function()
+    run(function()
+      local h = atom.history.load(path)
+      local res = h:check { model = "cas-register", independent = true }
+      assert.is_true(res.valid, tostring(res))
+      assert.is_true(res.ops > 1000)
+      assert.equal(3, res.keys)
+      -- alter a read in the middle that saw a value: to one never written
+      local events = h:ops()
+      local altered
+      for i = #events // 2, #events do
+        local ev = events[i]
+        if ev.type == "ok" and ev.f == "read" and ev.value[2] ~= nil then altered = ev; break end
+      end
+      altered.value = { altered.value[1], altered.value[2] + 1000 }
+      res = h:check { model = "cas-register", independent = true }
+      assert.is_false(res.valid)
+      local ce = res.counterexample
+      assert.equal(altered.value[1], ce.key)
+      assert.equal(altered.index, ce.op.completion)
+      assert.are.same(altered.value, ce.op.output)
+      assert.is_true(#ce.prefix > 0)
+      assert.matches("cannot follow", tostring(res), 1, true)
+    end)
+  end)
+end)
+
 -- {==== differential testing against a brute-force search ====
 
 -- Every order of the operations that respects real time is tried; info ops
