@@ -69,4 +69,5 @@ else
     io.stderr:write(("w9: %s: %s\n"):format(args[i], tostring(res)))
   end
 end
-print(("RESULT check_s=%.4f ops=%d histories=%d valid=%s"):format(total, nops, checks, tostring(valid)))
+print(("RESULT check_s=%.4f check_ms=%.2f ops=%d histories=%d valid=%s"):format(total, total * 1000, nops, checks,
+  tostring(valid)))
