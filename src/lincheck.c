@@ -42,6 +42,7 @@ struct buf {
 };
 
 static void buf_add(struct buf *b, const void *s, size_t n) {
+  if (n == 0) return;
   if (b->n + n > b->cap) {
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->n + n) cap *= 2;
@@ -83,7 +84,7 @@ struct strtab {
   struct str {
     uint64_t hash;
     size_t off, len;
-  } *strs;
+  } * strs;
   size_t n, cap;
   uint32_t *slots; /* id + 1, 0 empty */
   size_t nslots;
@@ -116,7 +117,7 @@ static uint32_t strtab_intern(struct strtab *t, const char *s, size_t len) {
   size_t i = h & (t->nslots - 1);
   for (; t->slots[i]; i = (i + 1) & (t->nslots - 1)) {
     struct str *e = &t->strs[t->slots[i] - 1];
-    if (e->hash == h && e->len == len && memcmp(t->bytes.p + e->off, s, len) == 0)
+    if (e->hash == h && e->len == len && (len == 0 || memcmp(t->bytes.p + e->off, s, len) == 0))
       return t->slots[i] - 1;
   }
   if (t->n == t->cap) {
@@ -129,7 +130,6 @@ static uint32_t strtab_intern(struct strtab *t, const char *s, size_t len) {
   size_t off = t->bytes.n;
   if (s >= t->bytes.p && s < t->bytes.p + t->bytes.cap) {
     size_t soff = (size_t)(s - t->bytes.p);
-    buf_add(&t->bytes, "", 0);
     for (size_t k = 0; k < len; k++) { /* arena may move while it grows */
       char c = t->bytes.p[soff + k];
       buf_add(&t->bytes, &c, 1);
@@ -154,7 +154,7 @@ struct pair {
 static int pair_cmp(const void *a, const void *b) {
   const struct pair *x = a, *y = b;
   size_t n = x->n < y->n ? x->n : y->n;
-  int c = memcmp(x->p, y->p, n);
+  int c = n ? memcmp(x->p, y->p, n) : 0;
   return c ? c : (x->n > y->n) - (x->n < y->n);
 }
 
@@ -166,7 +166,6 @@ static void canon_len(struct buf *b, size_t n) {
 
 /* Appends the canonical bytes of the value at idx; returns an error message. */
 static const char *canon(lua_State *S, int idx, struct buf *b, int depth) {
-  char tmp[48];
   switch (lua_type(S, idx)) {
     case LUA_TNIL:
       buf_add(b, "n", 1);
@@ -175,6 +174,7 @@ static const char *canon(lua_State *S, int idx, struct buf *b, int depth) {
       buf_add(b, lua_toboolean(S, idx) ? "T" : "F", 1);
       return NULL;
     case LUA_TNUMBER: {
+      char tmp[48];
       lua_Integer i;
       lua_Number x = lua_tonumber(S, idx);
       if (lua_isinteger(S, idx)) {
@@ -240,7 +240,7 @@ static const char *canon(lua_State *S, int idx, struct buf *b, int depth) {
     pairs[n++] = (struct pair){e.p, e.n};
   }
   if (!err) {
-    qsort(pairs, n, sizeof *pairs, pair_cmp);
+    if (n) qsort(pairs, n, sizeof *pairs, pair_cmp);
     buf_add(b, "t", 1);
     canon_len(b, n);
     for (size_t i = 0; i < n; i++) buf_add(b, pairs[i].p, pairs[i].n);
@@ -296,22 +296,22 @@ struct chk {
   struct strtab vals; /* value ids (built-ins) and kv strings */
   struct strtab keys;
   struct strtab lstates; /* a Lua model's states, canonical */
-  int keys_ref; /* a table (in L) key id + 1 -> key value, built-in models */
-  int states;   /* Lua models: W's stack index of the states list */
+  int keys_ref;          /* a table (in L) key id + 1 -> key value, built-in models */
+  int states;            /* Lua models: W's stack index of the states list */
   bool lua_key, lua_equal;
   char *error; /* a Lua model's error (message + traceback) */
   /* the verdict */
   int valid; /* 1, 0, -1 unknown */
   double seconds;
-  uint32_t bad_key;     /* partition of the counterexample */
-  int64_t *prefix;      /* call positions */
+  uint32_t bad_key; /* partition of the counterexample */
+  int64_t *prefix;  /* call positions */
   uint32_t nprefix;
-  int64_t bad_op;       /* call position */
-  int64_t *concurrent;  /* call positions */
+  int64_t bad_op;      /* call position */
+  int64_t *concurrent; /* call positions */
   uint32_t nconcurrent;
-  int64_t *lin;         /* every partition's linearization, partitions in key order */
-  uint32_t *lin_start;  /* nkeys + 1 offsets into lin */
-  uint64_t deadline;    /* uv_hrtime ns */
+  int64_t *lin;        /* every partition's linearization, partitions in key order */
+  uint32_t *lin_start; /* nkeys + 1 offsets into lin */
+  uint64_t deadline;   /* uv_hrtime ns */
   uint64_t steps;
 };
 
@@ -355,7 +355,7 @@ static bool cache_add(struct search *s, uint32_t state) {
   for (; s->slots[k]; k = (k + 1) & (s->nslots - 1)) {
     struct cache_entry *e = &s->ents[s->slots[k] - 1];
     if (e->hash == h && e->state == state && e->lo == lo && e->nw == nw &&
-        memcmp(s->arena + e->off, s->bits + lo, nw * sizeof(uint64_t)) == 0)
+        (nw == 0 || memcmp(s->arena + e->off, s->bits + lo, nw * sizeof(uint64_t)) == 0))
       return false;
   }
   if (s->nents == s->capents) {
@@ -372,7 +372,7 @@ static bool cache_add(struct search *s, uint32_t state) {
     s->arena = p;
     s->caparena = cap;
   }
-  memcpy(s->arena + s->narena, s->bits + lo, nw * sizeof(uint64_t));
+  if (nw) memcpy(s->arena + s->narena, s->bits + lo, nw * sizeof(uint64_t));
   s->ents[s->nents] = (struct cache_entry){h, state, lo, nw, s->narena};
   s->narena += nw;
   s->slots[k] = (uint32_t)++s->nents;
@@ -419,7 +419,7 @@ static inline bool step(struct chk *c, uint32_t state, const struct op *op, uint
       char *tmp = la + lb <= sizeof small ? small : malloc(la + lb);
       if (!tmp) abort();
       const char *a = kv_str(c, state, &la), *b = kv_str(c, op->in, &lb);
-      memcpy(tmp, a, la);
+      if (la) memcpy(tmp, a, la);
       memcpy(tmp + la, b, lb);
       *next = strtab_intern(&c->vals, tmp, la + lb);
       if (tmp != small) free(tmp);
@@ -717,7 +717,7 @@ static void chk_run(struct job *j) {
     c->nkeys = (uint32_t)c->keys.n;
   }
   /* partitions: sorted by key id, then by call (stable within a key) */
-  qsort(c->ops, c->nops, sizeof *c->ops, op_key_cmp);
+  if (c->nops) qsort(c->ops, c->nops, sizeof *c->ops, op_key_cmp);
   c->lin = malloc(((size_t)c->nops + 1) * sizeof *c->lin);
   c->lin_start = calloc((size_t)c->nkeys + 1, sizeof *c->lin_start);
   if (!c->lin || !c->lin_start) abort();
@@ -838,7 +838,7 @@ static int chk_done(struct job *j, lua_State *L) {
 struct reader {
   lua_State *L;
   struct chk *c;
-  int events, opts, procs, keymap, keylist, model;
+  int keylist; /* stack index of the key list (key id + 1 -> key) */
   struct buf tmp;
   uint32_t cap;
 };
@@ -851,7 +851,8 @@ static int reader_fail(struct reader *r, lua_Integer ev, const char *fmt, const 
   if (r->c->base.W) lua_close(r->c->base.W);
   if (r->c->keys_ref != LUA_NOREF) util_unref(L, &r->c->keys_ref);
   free(r->c);
-  if (ev > 0) return util_error(L, "usage", "check: event #%I: %s", ev, lua_pushfstring(L, fmt, what));
+  if (ev > 0)
+    return util_error(L, "usage", "check: event #%I: %s", ev, lua_pushfstring(L, fmt, what));
   return util_error(L, "usage", "check: %s", lua_pushfstring(L, fmt, what));
 }
 
@@ -886,11 +887,6 @@ static uint32_t key_id(struct reader *r, lua_Integer ev, int idx) {
   }
   return k;
 }
-
-struct open_op {
-  lua_Integer ev;
-  int inv; /* stack index of the invocation event (kept in procs) */
-};
 
 static const char *field_str(lua_State *L, int t, const char *k) {
   lua_getfield(L, t, k);
@@ -963,8 +959,10 @@ static void add_op(struct reader *r, int inv, lua_Integer inv_ev, int done, lua_
     op.key = key_id(r, inv_ev, keyidx);
     lua_getfield(L, iv, "value");
     op.in = value_id(r, inv_ev, -1);
-    if (lua_type(L, dv) == LUA_TTABLE) lua_getfield(L, dv, "value");
-    else lua_pushvalue(L, dv);
+    if (lua_type(L, dv) == LUA_TTABLE)
+      lua_getfield(L, dv, "value");
+    else
+      lua_pushvalue(L, dv);
     op.out = value_id(r, done_ev, -1);
   } else {
     if (c->independent) {
@@ -1092,7 +1090,7 @@ static int l_linearizable(lua_State *L) {
   if (!c) return util_error(L, "io", "out of memory");
   c->keys_ref = LUA_NOREF;
   c->model = model;
-  struct reader r = {.L = L, .c = c, .events = 1, .opts = 2, .procs = 5, .keylist = 6};
+  struct reader r = {.L = L, .c = c, .keylist = 6};
   lua_getfield(L, 2, "independent");
   c->independent = lua_toboolean(L, -1) && model != M_KV;
   lua_getfield(L, 2, "timeout");
@@ -1105,7 +1103,8 @@ static int l_linearizable(lua_State *L) {
   lua_Integer nev = (lua_Integer)lua_rawlen(L, 1);
   for (lua_Integer i = 1; i <= nev; i++) {
     lua_rawgeti(L, 1, i); /* 7 */
-    if (lua_type(L, 7) != LUA_TTABLE) reader_fail(&r, i, "an event is a table, got %s", luaL_typename(L, 7));
+    if (lua_type(L, 7) != LUA_TTABLE)
+      reader_fail(&r, i, "an event is a table, got %s", luaL_typename(L, 7));
     const char *type = field_str(L, 7, "type");
     if (!type) reader_fail(&r, i, "an event needs a string type%s", "");
     lua_getfield(L, 7, "process"); /* 8 */
@@ -1119,8 +1118,7 @@ static int l_linearizable(lua_State *L) {
       lua_pushvalue(L, 8);
       lua_pushinteger(L, i);
       lua_rawset(L, 5);
-    } else if (strcmp(type, "ok") == 0 || strcmp(type, "fail") == 0 ||
-               strcmp(type, "info") == 0) {
+    } else if (strcmp(type, "ok") == 0 || strcmp(type, "fail") == 0 || strcmp(type, "info") == 0) {
       if (lua_isnil(L, 9))
         reader_fail(&r, i, "process %s completes an operation it never invoked",
                     luaL_tolstring(L, 8, NULL));

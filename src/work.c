@@ -4,12 +4,11 @@
  * cancelling it sets the job's flag, which the worker's count hook (or a C
  * job's loop) turns into an early end; the job frees itself when its thread
  * returns, so nothing is left behind whoever stops first. */
-#include <stdlib.h>
-#include <string.h>
+#include "work.h"
 
 #include <lualib.h>
-
-#include "work.h"
+#include <stdlib.h>
+#include <string.h>
 
 /* Instructions between two looks at the cancel flag: a few microseconds. */
 #define WORK_HOOK_COUNT 1000

@@ -47,5 +47,4 @@ static inline bool work_cancelled(struct job *j) {
 int work_msgh(lua_State *W);
 int work_live_jobs(void);
 
-
 #endif
