@@ -342,6 +342,32 @@ describe("a custom Lua model (FIFO queue)", function()
     assert.is_true(q { { "i", 1, "enqueue", 7 }, { "i", 2, "dequeue" }, { "ok", 2, 7 }, { "ok", 1 } })
   end)
 
+  it("a check past its timeout is unknown; cancelling the caller stops it", function()
+    local slow = { step = function(s, op)
+      local x = 0
+      for i = 1, 2e5 do x = x + i end -- a costly step
+      return true, op.value
+    end }
+    local steps = {}
+    for i = 1, 400 do
+      steps[#steps + 1] = { "i", 1, "write", i }
+      steps[#steps + 1] = { "ok", 1 }
+    end
+    local r = check(steps, slow, { timeout = 0.05 })
+    assert.equal("unknown", r.valid)
+    assert.matches("^unknown", tostring(r))
+    run(function()
+      local h = hist(steps)
+      local t = atom.go(function() return h:check { model = slow } end)
+      atom.sleep(0.05)
+      t:cancel()
+      local ok, e = pcall(t.join, t)
+      assert.is_false(ok)
+      assert.equal("cancelled", kind(e))
+      atom.wait_until(function() return require("_atom").work_jobs() == 0 end, 5)
+    end)
+  end)
+
   it("splits by the model's key; upvalues and errors are reported", function()
     local keyed = { init = queue.init, step = queue.step, key = function(op) return op.value and op.value % 2 end }
     local r = run(function()

@@ -521,7 +521,8 @@ static int search_run(struct search *s, uint32_t init) {
   s->bad = UINT32_MAX;
   uint32_t state = init, e = s->next[head];
   while (s->next[head] != UINT32_MAX) {
-    if ((++c->steps & 4095) == 0 && out_of_time(c)) return -1;
+    /* a Lua model's step costs far more than a look at the clock */
+    if (((++c->steps & 4095) == 0 || c->model == M_LUA) && out_of_time(c)) return -1;
     if (c->error) return -1;
     if (s->match[e] != UINT32_MAX) { /* a call: try to linearize it here */
       uint32_t i = s->eop[e], ns;
