@@ -289,6 +289,11 @@ describe("kv", function()
       { "ok", 3, { key = "y", value = "c" } } }, "kv")
     assert.is_true(r.valid)
     assert.equal(2, r.keys)
+    -- a nil result reads as "" (Porcupine's convention)
+    assert.is_true(check({ { "i", 1, "put", { key = "z", value = "q" } }, { "ok", 1 },
+      { "i", 1, "get", { key = "y" } }, { "ok", 1, nil } }, "kv").valid)
+    assert.is_false(check({ { "i", 1, "put", { key = "y", value = "q" } }, { "ok", 1 },
+      { "i", 1, "get", { key = "y" } }, { "ok", 1, nil } }, "kv").valid)
     r = check({ { "i", 1, "append", { key = "x", value = "a" } }, { "ok", 1 },
       { "i", 1, "append", { key = "x", value = "b" } }, { "ok", 1 },
       { "i", 1, "get", { key = "x" } }, { "ok", 1, "ba" } }, "kv")

@@ -689,7 +689,7 @@ static void chk_run(struct job *j) {
     }
     if (!lua_intern_state(c, &init)) return;
   }
-  if (c->model == M_KV) init = strtab_intern(&c->vals, "", 0);
+  if (c->model == M_KV) init = 0; /* "" */
   if (c->lua_key) { /* the model's key function splits the history */
     lua_State *W = j->W;
     for (uint32_t i = 0; i < c->nops; i++) {
@@ -1091,6 +1091,7 @@ static int l_linearizable(lua_State *L) {
   if (!c) return util_error(L, "io", "out of memory");
   c->keys_ref = LUA_NOREF;
   c->model = model;
+  if (model == M_KV) strtab_intern(&c->vals, "", 0); /* id 0: nil reads as "" */
   struct reader r = {.L = L, .c = c, .keylist = 6};
   lua_getfield(L, 2, "independent");
   c->independent = lua_toboolean(L, -1) && model != M_KV;
