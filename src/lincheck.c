@@ -690,7 +690,7 @@ static void chk_run(struct job *j) {
     if (!lua_intern_state(c, &init)) return;
   }
   if (c->model == M_KV) init = 0; /* "" */
-  if (c->lua_key) { /* the model's key function splits the history */
+  if (c->lua_key) {               /* the model's key function splits the history */
     lua_State *W = j->W;
     for (uint32_t i = 0; i < c->nops; i++) {
       lua_getfield(W, W_MODEL, "key");
