@@ -2,15 +2,16 @@
 -- one machine: five etcd members (Debian's etcd-server), five clients doing
 -- random reads, writes and compare-and-swaps on a few keys through etcd's v3
 -- JSON gateway (/v3/kv/range, /v3/kv/put, /v3/kv/txn), and a nemesis that
--- kills, pauses and restarts members every few seconds. Every operation goes
+-- kills, pauses and restarts members every few seconds, and in an isolated
+-- run (--isolate) also partitions the network. Every operation goes
 -- into a history (a timeout is `info`: it may or may not have happened); the
 -- history is saved in the run directory and checked with the cas-register
 -- model, key by key (independent = true), and the verdict's HTML page is
--- written next to it. Network partitions join the nemesis once the
--- network-faults work lands.
+-- written next to it.
 --
 --   atomlua run scenarios/etcd_linearizable.lua            (20 s of load)
 --   atomlua run scenarios/etcd_linearizable.lua -- 5       (5 s)
+--   atomlua run --isolate scenarios/etcd_linearizable.lua  (with partitions)
 
 local DURATION = tonumber(atom.args[1]) or 20
 local KEYS = { "k1", "k2", "k3" }
@@ -24,10 +25,10 @@ local c <close> = atom.cluster{
   cmd = function(node, cluster)
     local members = {}
     for _, n in ipairs(cluster.nodes) do
-      members[#members + 1] = ("%s=http://127.0.0.1:%d"):format(n.name, n.ports.peer)
+      members[#members + 1] = ("%s=http://%s:%d"):format(n.name, n.host, n.ports.peer)
     end
-    local client = "http://127.0.0.1:" .. node.ports.client
-    local peer = "http://127.0.0.1:" .. node.ports.peer
+    local client = ("http://%s:%d"):format(node.host, node.ports.client)
+    local peer = ("http://%s:%d"):format(node.host, node.ports.peer)
     return { "etcd", "--name", node.name, "--data-dir", node.dir .. "/data",
       "--listen-client-urls", client, "--advertise-client-urls", client,
       "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -54,8 +55,8 @@ local function call(i, path, body)
   local e
   for k = 0, #c.nodes - 1 do
     local node = c.nodes[(i - 1 + k) % #c.nodes + 1]
-    local ok, resp = pcall(atom.http.post, ("http://127.0.0.1:%d/v3/%s"):format(node.ports.client, path),
-      body, OP_TIMEOUT)
+    local ok, resp = pcall(atom.http.post, ("http://%s:%d/v3/%s"):format(node.host, node.ports.client,
+      path), body, OP_TIMEOUT)
     if ok then
       if resp.status ~= 200 then
         error(atom.error("http", ("%s %s: HTTP %d %s"):format(node.name, path, resp.status, resp.body)), 0)
@@ -130,14 +131,27 @@ local function client(i)
 end
 
 -- Every few seconds: kill a member (a crash, then a restart on the same
--- data) or pause one or two (SIGSTOP: alive but silent), then heal.
+-- data), pause one or two (SIGSTOP: alive but silent), or (isolated runs)
+-- split the members into a minority and a majority; then heal.
 local function nemesis()
   local rng = math.random
   while not stop:is_set() do
     atom.sleep(1 + rng() * 2)
     if stop:is_set() then break end
     local i = rng(#c.nodes)
-    if rng(2) == 1 then
+    local action = rng(atom.isolated and 3 or 2)
+    if action == 3 then
+      local order = { 1, 2, 3, 4, 5 }
+      for k = #order, 2, -1 do
+        local j = rng(k)
+        order[k], order[j] = order[j], order[k]
+      end
+      local minority, majority = { order[1], order[2] }, { order[3], order[4], order[5] }
+      print(("nemesis: partition {%s} | {%s}"):format(table.concat(minority, ","), table.concat(majority, ",")))
+      c:partition(minority, majority)
+      atom.sleep(1 + rng() * 2)
+      c:heal()
+    elseif action == 1 then
       print(("nemesis: kill %s"):format(c.nodes[i].name))
       c:kill(i, "KILL")
       atom.sleep(0.5 + rng())
