@@ -685,6 +685,29 @@ def main():
             add_notes("W8", cells)
             notes_runs("W8", cells)
 
+        if want("W9"):
+            log("W9: the linearizability checker: a generated 100,000-operation kv history, "
+                "and recorded etcd histories ...")
+            peer = "no peer run here: Porcupine is compared by hand (bench/README.md, W9)"
+            gen = {"atomlua": atom_missing or [atom, "run", B("w9.lua"), "--", "gen", "100000", "10", "10"],
+                   "asyncio": peer, "node": peer}
+            wl = {"id": "W9", "key": "check_s", "timeout": 120, "budget": 60}
+            cells = measure(runner, wl, gen, args.repeat, args.verbose)
+            add_row("W9", "kv 100k ops check", "s", cells, "values", "< 10 s", "<=", 10)
+            add_row("W9", "kv 100k peak RSS", "MB", cells, "rss", "< 1024 MB", "<=", 1024)
+            add_notes("W9", cells)
+            notes_runs("W9", cells)
+            etcd = sorted(os.path.join(os.path.dirname(BENCH), "spec", "fixtures", "history", f)
+                          for f in os.listdir(os.path.join(os.path.dirname(BENCH), "spec", "fixtures", "history"))
+                          if f.endswith(".jsonl"))
+            rec = {"atomlua": atom_missing or [atom, "run", B("w9.lua"), "--", "files", "cas-register", "true"]
+                   + etcd, "asyncio": peer, "node": peer}
+            wl = {"id": "W9", "key": "check_ms", "timeout": 60}
+            cells = measure(runner, wl, rec, args.repeat, args.verbose)
+            add_row("W9", "recorded etcd check", "ms", cells, "values", "")
+            add_notes("W9", cells)
+            notes_runs("W9", cells)
+
         notes[:0] = [f"{','.join(ids)} {name}: n/a — {why}" for (name, why), ids in reasons.items()]
         notes.append("limits: W3 posix_spawn+waitpid in C (bench/spawn_limit.c); W4 posix_spawn+poll "
                      "in C (bench/ready_limit.c); W5 wrk -t1 -c64 -d3s; W6 /bin/true.")

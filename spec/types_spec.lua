@@ -53,7 +53,7 @@ local function present()
   end
   -- force the lazily loaded fields
   for _, k in ipairs { "assert_eq", "repr", "json", "base64", "hex", "spawn", "exec", "sh", "http", "rpc",
-    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws", "net", "proxy" } do
+    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws", "net", "proxy", "history" } do
     local _ = atom[k]
   end
   walk("atom", atom, 1)
@@ -109,6 +109,18 @@ local function present()
     for _, f in ipairs { "url", "ws" } do names["atom.rpc_client." .. f] = true end
     methods("atom.rpc_subscription", wsrpc._Sub)
     for _, f in ipairs { "id", "query", "client" } do names["atom.rpc_subscription." .. f] = true end
+    local h = atom.history()
+    local op = h:invoke(1, "read")
+    methods("atom.hist", getmetatable(h).__index)
+    methods("atom.hist_op", getmetatable(op).__index)
+    for _, f in ipairs { "process", "f", "value", "index", "type", "completion" } do
+      names["atom.hist_op." .. f] = true
+    end
+    local res = h:check { model = "register" }
+    methods("atom.verdict", getmetatable(res).__index)
+    for _, f in ipairs { "valid", "ops", "keys", "seconds", "model", "history", "counterexample" } do
+      names["atom.verdict." .. f] = true
+    end
   end)
   names["atom.dir"] = true -- set in scenario files only
   return names

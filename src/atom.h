@@ -154,6 +154,8 @@ void hstream_register(lua_State *L);
  * of its socket (close-on-exec), the bytes read ahead pushed on L; the stream
  * is closed. Returns the fd, or -1 with an io error pushed (net.c). */
 int net_detach(lua_State *L, int idx);
+void work_register(lua_State *L);     /* work.c: atom.work */
+void lincheck_register(lua_State *L); /* lincheck.c: the linearizability checker */
 
 /* Processes owned by a task (a test or a root): a list head the proc module
  * keeps in the task record. The scheduler calls proc_kill_owned when the

@@ -113,6 +113,8 @@ int runtime_open(lua_State *L, bool cli) {
   hstream_register(L);
   netns_register(L);
   proxy_register(L);
+  work_register(L);
+  lincheck_register(L);
   util_register_extra(L);
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");

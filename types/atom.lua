@@ -540,6 +540,80 @@ function atom.itf.decode(text) end
 ---@return atom.cluster
 function atom.cluster(opts) end
 
+-- Histories and work off the loop (docs/histories.md)
+
+---@class atom.hist
+local Hist = {}
+---@param process integer|string
+---@param f string
+---@param value any
+---@return atom.hist_op
+function Hist:invoke(process, f, value) end
+---@param process integer|string
+---@param f string
+---@param value any
+---@param fn fun(op: atom.hist_op): ...
+---@return ...
+function Hist:run(process, f, value, fn) end
+---@return table[] events {index, type, process, f, value, time, error}
+function Hist:ops() end
+---@param path string
+---@return string
+function Hist:save(path) end
+---@param opts {model: "register"|"cas-register"|"kv"|table, independent: boolean?, timeout: number?}
+---@return atom.verdict
+function Hist:check(opts) end
+
+---@class atom.hist_op
+---@field process integer|string
+---@field f string
+---@field value any
+---@field index integer event index of the invocation
+---@field type "ok"|"fail"|"info"|nil once completed
+---@field completion integer|nil event index of the completion
+local HistOp = {}
+---@param value any? the result (a read's value)
+---@return atom.hist_op
+function HistOp:ok(value) end
+---@param reason any?
+---@return atom.hist_op
+function HistOp:fail(reason) end
+---@param reason any?
+---@return atom.hist_op
+function HistOp:info(reason) end
+
+---@class atom.verdict
+---@field valid boolean|"unknown"
+---@field ops integer
+---@field keys integer
+---@field seconds number
+---@field model string
+---@field history atom.hist
+---@field counterexample {key: any, prefix: table[], op: table, concurrent: table[]}|nil
+local CheckResult = {}
+---@param path string
+---@return string
+function CheckResult:html(path) end
+
+---@overload fun(name: string?): atom.hist
+atom.history = {}
+---@param name string?
+---@return atom.hist
+function atom.history.new(name) end
+---@param path string
+---@return atom.hist
+function atom.history.load(path) end
+
+---Run fn(...) in a Lua state of its own on a libuv worker thread.
+---@param fn function
+---@return ...
+function atom.work(fn, ...) end
+---The checker behind h:check, on a worker; a plain result table.
+---@param events table[]
+---@param opts {model: "register"|"cas-register"|"kv"|table, independent: boolean?, timeout: number?}
+---@return table
+function atom.linearizable(events, opts) end
+
 -- For libraries (docs/API.md "Writing a library")
 
 ---A new error value (raise it with error(e, 0)).

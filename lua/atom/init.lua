@@ -68,6 +68,16 @@ local function signum(sig)
   return _atom.proc_signum(sig)
 end
 
+--- Check a history (a list of events as h:ops() gives them) for
+--- linearizability on a worker thread; a plain result table (SPEC §12, and
+--- docs/histories.md "For library writers"). Waits: a cancellation point.
+local function linearizable(events, opts)
+  errors.checktype(1, "linearizable", events, "table")
+  errors.checktype(2, "linearizable", opts, "table")
+  errors.checktype(2, "linearizable", opts.timeout, "number", true)
+  return _atom.linearizable(events, opts)
+end
+
 -- }====
 
 local atom = {
@@ -83,6 +93,7 @@ local atom = {
     errors.checktype(1, "checkpoint", what, "string", true)
     _atom.checkpoint(what or "checkpoint")
   end,
+  work = _atom.work, linearizable = linearizable,
   run_dir = run_dir, mkdir = mkdir, emit = emit, owner = owner, signum = signum,
   isolated = _atom.isolated(),
   _stats = _atom.stats,
@@ -108,6 +119,7 @@ local lazy = {
   cluster = { "atom.cluster", "cluster" },
   net = { "atom.net", nil, function(m) return { host = m.host, drop = m.drop, heal = m.heal } end },
   proxy = { "atom.net", "proxy" },
+  history = { "atom.history" },
 }
 setmetatable(atom, { __index = function(t, k)
   local l = lazy[k]
