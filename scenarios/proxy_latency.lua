@@ -12,7 +12,7 @@ atom.wait_port("127.0.0.1", port, 10)
 local px <close> = atom.proxy{ upstream = "127.0.0.1:" .. port }
 local url = ("http://%s:%d/"):format(px.host, px.port)
 
--- The median of n round trips through the proxy.
+-- The median and the fastest of n round trips through the proxy.
 local function round_trip(n)
   local times = {}
   for i = 1, n do
@@ -21,7 +21,7 @@ local function round_trip(n)
     times[i] = atom.now() - t0
   end
   table.sort(times)
-  return times[(n + 1) // 2]
+  return times[(n + 1) // 2], times[1]
 end
 
 local base
@@ -33,8 +33,11 @@ end)
 
 atom.test("100 ms of delay on the way up slows every round trip by at least 100 ms", function()
   px:set{ delay = 0.1, direction = "up" }
-  local slow = round_trip(5)
-  assert(slow - base >= 0.1, ("round trip grew by %.3fs only"):format(slow - base))
+  local slow, fastest = round_trip(5)
+  -- Each round trip carries the whole delay; the medians differ by about
+  -- that much (the server's own time varies a little between the two).
+  assert(fastest >= 0.1, ("a round trip took %.3fs only"):format(fastest))
+  assert(slow - base >= 0.09, ("round trip grew by %.3fs only"):format(slow - base))
   px:clear()
 end)
 

@@ -82,8 +82,14 @@ static void __attribute__((noreturn)) reaper_main(int fd, int base, int run) {
   /* fd 3: the socket, 4 and 5: the cgroup directories (or nothing). */
   int hi[3] = {fcntl(fd, F_DUPFD, 10), base >= 0 ? fcntl(base, F_DUPFD, 10) : -1,
                run >= 0 ? fcntl(run, F_DUPFD, 10) : -1};
-  for (int i = 0; i < 3; i++)
-    if (hi[i] >= 0) dup2(hi[i], 3 + i);
+  /* An fd 4 or 5 not replaced here is atomlua's (a port lock, say): the
+   * reaper must not keep it open after atomlua has died. */
+  for (int i = 0; i < 3; i++) {
+    if (hi[i] >= 0)
+      dup2(hi[i], 3 + i);
+    else
+      close(3 + i);
+  }
   base = hi[1] >= 0 ? 4 : -1;
   run = hi[2] >= 0 ? 5 : -1;
   int nul = open("/dev/null", O_RDWR);
