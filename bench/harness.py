@@ -419,6 +419,74 @@ def w8(runner, impls, B, args):
 # ====}
 # {==== the table ====
 
+class Etcd(Nginx):
+    """W7's server: one etcd (Debian's etcd-server) on free ports with its data
+    under the temporary directory, as our child, holding the key w7 = value."""
+
+    def __init__(self, runner, tmp):
+        self.runner, self.proc = runner, None
+        self.dir = os.path.join(tmp, "etcd")
+        self.port, self.peer = free_port(), free_port()
+        self.target = f"127.0.0.1:{self.port}"
+
+    def start(self):
+        exe = shutil.which("etcd")
+        if not exe:
+            return "etcd not installed (etcd-server)"
+        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peer}"
+        log_path = os.path.join(os.path.dirname(self.dir), "etcd.log")
+        with open(log_path, "w") as logf:
+            self.proc = subprocess.Popen(
+                [exe, "--name", "w7", "--data-dir", self.dir, "--listen-client-urls", client,
+                 "--advertise-client-urls", client, "--listen-peer-urls", peer,
+                 "--initial-advertise-peer-urls", peer, "--initial-cluster", "w7=" + peer],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.runner.keep.add(self.proc.pid)
+        import urllib.request
+        body = json.dumps({"key": "dzc=", "value": "dmFsdWU="}).encode()  # w7 = value
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return f"etcd exited {self.proc.returncode}: {self.tail(log_path)}"
+            try:
+                urllib.request.urlopen(client + "/v3/kv/put", body, timeout=1).read()
+                return None
+            except OSError:
+                time.sleep(0.1)
+        return "etcd did not answer within 20s"
+
+
+def grpc_python(py):
+    """A Python that can import grpc (python3-grpcio is Debian's, for /usr/bin/python3)."""
+    for exe in (py, "/usr/bin/python3"):
+        try:
+            if subprocess.run([exe, "-c", "import grpc"], capture_output=True, timeout=20).returncode == 0:
+                return exe
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return None
+
+
+def node_grpc(node):
+    """Install @grpc/grpc-js and @grpc/proto-loader under bench/.npm once (npm).
+    Returns None when they are there, else the reason."""
+    mods = os.path.join(BENCH, ".npm", "node_modules", "@grpc")
+    if os.path.isdir(os.path.join(mods, "grpc-js")) and os.path.isdir(os.path.join(mods, "proto-loader")):
+        return None
+    npm = shutil.which("npm")
+    if not node or not npm:
+        return "node or npm not installed"
+    log("W7: npm install @grpc/grpc-js @grpc/proto-loader (once, into bench/.npm) ...")
+    try:
+        r = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix",
+                            os.path.join(BENCH, ".npm"), "@grpc/grpc-js@1", "@grpc/proto-loader@0"],
+                           capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"npm install failed: {e}"
+    return None if r.returncode == 0 else "npm install failed: " + (r.stderr.strip() or "?")[:100]
+
+
 
 def fmt(v, unit):
     if v is None:
@@ -707,6 +775,38 @@ def main():
             add_row("W9", "recorded etcd check", "ms", cells, "values", "")
             add_notes("W9", cells)
             notes_runs("W9", cells)
+
+        if want("W7"):
+            log("W7: 20,000 unary gRPC calls, 64 in flight, to etcd's KV/Range ...")
+            etcd = Etcd(runner, tmp)
+            try:
+                why = etcd.start()
+                if why:
+                    cells = skipped_cells(why)
+                else:
+                    n, k = "20000", "64"
+                    proto = os.path.join(os.path.dirname(BENCH), "scenarios", "proto", "etcd_kv.proto")
+                    args7 = [etcd.target, proto, n, k]
+                    d = impls("w7", args7)
+                    gpy = grpc_python(py)
+                    d["asyncio"] = [gpy, B("w7.py")] + args7 if gpy else "python3-grpcio not importable"
+                    if not isinstance(d["node"], str):
+                        d["node"] = node_grpc(node) or d["node"]
+                    wl = {"id": "W7", "key": "calls_per_s", "timeout": 60, "budget": 60}
+                    cells = measure(runner, wl, d, args.repeat, args.verbose)
+                    for name, c in cells.items():
+                        if not c.reason:
+                            c.cpu_per_req = [cpu * 1e6 / e["n"] for cpu, e in zip(c.cpu, c.extra)]
+            finally:
+                etcd.stop()
+            best = lambda v, hi: (max if hi else min)(x for x in (v["asyncio"], v["node"]) if x) \
+                if (v["asyncio"] or v["node"]) else None  # noqa: E731
+            add_row("W7", "gRPC calls", "calls/s", cells, "values", ">= best peer", ">=",
+                    lambda v: best(v, True))
+            add_row("W7", "client CPU", "µs/call", cells, "cpu_per_req", "<= 0.5x best peer", "<=",
+                    lambda v: 0.5 * best(v, False) if best(v, False) else None)
+            add_notes("W7", cells)
+            notes_runs("W7", cells)
 
         notes[:0] = [f"{','.join(ids)} {name}: n/a — {why}" for (name, why), ids in reasons.items()]
         notes.append("limits: W3 posix_spawn+waitpid in C (bench/spawn_limit.c); W4 posix_spawn+poll "

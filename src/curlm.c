@@ -28,6 +28,7 @@
 #include "atom.h"
 
 struct curl_api cu;
+void (*curlm_close_hook)(curl_socket_t fd);
 
 struct sock {
   uv_poll_t poll;
@@ -73,6 +74,7 @@ static bool load(char *err, size_t errsize) {
       SYM(easy_setopt, "easy_setopt"),
       SYM(easy_getinfo, "easy_getinfo"),
       SYM(easy_cleanup, "easy_cleanup"),
+      SYM(easy_pause, "easy_pause"),
       SYM(easy_strerror, "easy_strerror"),
       SYM(multi_init, "multi_init"),
       SYM(multi_setopt, "multi_setopt"),
@@ -224,6 +226,7 @@ static int sock_close_cb(void *clientp, curl_socket_t fd) {
   (void)clientp;
   struct sock *s = sock_get(fd);
   if (s) sock_drop(s); /* uv_close unregisters the fd before it is closed */
+  if (curlm_close_hook) curlm_close_hook(fd);
   return close(fd);
 }
 
@@ -264,6 +267,9 @@ bool curlm_start(char *err, size_t errsize) {
   cu.multi_setopt(M.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
   cu.multi_setopt(M.multi, CURLMOPT_TIMERFUNCTION, timer_fn);
   cu.multi_setopt(M.multi, CURLMOPT_MAXCONNECTS, (long)CACHE_MIN);
+  /* HTTP/2 (gRPC): many streams on one connection rather than new ones. */
+  cu.multi_setopt(M.multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  cu.multi_setopt(M.multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 1000L);
   M.peak = 0;
   return true;
 }

@@ -17,6 +17,7 @@ struct curl_api {
   CURLcode (*easy_setopt)(CURL *e, CURLoption opt, ...);
   CURLcode (*easy_getinfo)(CURL *e, CURLINFO info, ...);
   void (*easy_cleanup)(CURL *e);
+  CURLcode (*easy_pause)(CURL *e, int bitmask);
   const char *(*easy_strerror)(CURLcode rc);
   CURLM *(*multi_init)(void);
   CURLMcode (*multi_setopt)(CURLM *m, CURLMoption opt, ...);
@@ -61,5 +62,11 @@ const char *http_cause_of(CURLcode rc);
 struct curl_slist *http_setup(struct lua_State *L, CURL *e, int hidx, const char *method,
                               const char *url, const char *body, size_t blen, int flags,
                               const char *proxy, const char *fname);
+
+/* Called when a socket curl opened is closed (grpc.c tracks its connections). */
+extern void (*curlm_close_hook)(curl_socket_t fd);
+
+/* grpc.c: free the pooled gRPC calls (from http.c's http_close). */
+void grpc_release(void);
 
 #endif

@@ -373,6 +373,11 @@ static int l_http_perform(lua_State *L) {
     cu.easy_setopt(e, CURLOPT_HTTPHEADER, json ? json_hdrs : plain_hdrs);
   }
   cu.easy_setopt(e, CURLOPT_URL, url);
+  /* Plain http:// is HTTP/1.1, so a request never rides on an h2c connection
+   * atom.grpc opened to the same port (see grpc.c). */
+  bool plain = strncasecmp(url, "http://", 7) == 0;
+  cu.easy_setopt(e, CURLOPT_HTTP_VERSION,
+                 plain ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
   set_method(e, method, body, blen);
   /* Options kept on the pooled handle are set only when they change. */
   int opt_flags = (int)(flags & (HF_FOLLOW | HF_INSECURE));
@@ -422,6 +427,7 @@ static int l_http_close(lua_State *L) {
     free(r);
   }
   pool_len = 0;
+  grpc_release();
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -115,6 +115,8 @@ int runtime_open(lua_State *L, bool cli) {
   proxy_register(L);
   work_register(L);
   lincheck_register(L);
+  pb_register(L);
+  grpc_register(L);
   util_register_extra(L);
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");

@@ -6,7 +6,9 @@ PKGS="liblua5.4-dev lua5.4 libuv1-dev lua-luv-dev lua-cjson-dev libcurl4-openssl
 lua-busted pkg-config make gcc libc6-dev python3 nodejs procps util-linux libxml2-utils
 nginx-light etcd-server redis-server wrk chromium
 libwslay1 libwslay-dev python3-websockets libssl-dev openssl curl
-nftables libnftables1 libnftables-dev iproute2"
+nftables libnftables1 libnftables-dev iproute2
+protobuf-compiler libprotobuf-dev python3-grpcio
+python3-protobuf"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

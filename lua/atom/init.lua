@@ -120,6 +120,7 @@ local lazy = {
   net = { "atom.net", nil, function(m) return { host = m.host, drop = m.drop, heal = m.heal } end },
   proxy = { "atom.net", "proxy" },
   history = { "atom.history" },
+  grpc = { "atom.grpc" },
 }
 setmetatable(atom, { __index = function(t, k)
   local l = lazy[k]
