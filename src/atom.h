@@ -156,8 +156,8 @@ void hstream_register(lua_State *L);
 int net_detach(lua_State *L, int idx);
 void work_register(lua_State *L);     /* work.c: atom.work */
 void lincheck_register(lua_State *L); /* lincheck.c: the linearizability checker */
-void pb_register(lua_State *L);   /* protobuf codec (pb.c) */
-void grpc_register(lua_State *L); /* gRPC calls on the curl multi handle (grpc.c) */
+void pb_register(lua_State *L);       /* protobuf codec (pb.c) */
+void grpc_register(lua_State *L);     /* gRPC calls on the curl multi handle (grpc.c) */
 
 /* Processes owned by a task (a test or a root): a list head the proc module
  * keeps in the task record. The scheduler calls proc_kill_owned when the

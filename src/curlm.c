@@ -74,7 +74,6 @@ static bool load(char *err, size_t errsize) {
       SYM(easy_setopt, "easy_setopt"),
       SYM(easy_getinfo, "easy_getinfo"),
       SYM(easy_cleanup, "easy_cleanup"),
-      SYM(easy_pause, "easy_pause"),
       SYM(easy_strerror, "easy_strerror"),
       SYM(multi_init, "multi_init"),
       SYM(multi_setopt, "multi_setopt"),

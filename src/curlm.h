@@ -17,7 +17,6 @@ struct curl_api {
   CURLcode (*easy_setopt)(CURL *e, CURLoption opt, ...);
   CURLcode (*easy_getinfo)(CURL *e, CURLINFO info, ...);
   void (*easy_cleanup)(CURL *e);
-  CURLcode (*easy_pause)(CURL *e, int bitmask);
   const char *(*easy_strerror)(CURLcode rc);
   CURLM *(*multi_init)(void);
   CURLMcode (*multi_setopt)(CURLM *m, CURLMoption opt, ...);

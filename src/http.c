@@ -315,6 +315,14 @@ static struct curl_slist *build_headers(lua_State *L, int idx, bool json, bool h
 
 static bool is(const char *a, const char *b) { return strcmp(a, b) == 0; }
 
+/* Plain http:// is HTTP/1.1, so a request never rides on an h2c connection
+ * atom.grpc opened to the same port (see grpcconn.c). */
+static void set_version(CURL *e, const char *url) {
+  bool plain = strncasecmp(url, "http://", 7) == 0;
+  cu.easy_setopt(e, CURLOPT_HTTP_VERSION,
+                 plain ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
+}
+
 static void set_method(CURL *e, const char *method, const char *body, size_t blen) {
   cu.easy_setopt(e, CURLOPT_NOBODY, 0L);
   cu.easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
@@ -373,11 +381,7 @@ static int l_http_perform(lua_State *L) {
     cu.easy_setopt(e, CURLOPT_HTTPHEADER, json ? json_hdrs : plain_hdrs);
   }
   cu.easy_setopt(e, CURLOPT_URL, url);
-  /* Plain http:// is HTTP/1.1, so a request never rides on an h2c connection
-   * atom.grpc opened to the same port (see grpc.c). */
-  bool plain = strncasecmp(url, "http://", 7) == 0;
-  cu.easy_setopt(e, CURLOPT_HTTP_VERSION,
-                 plain ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
+  set_version(e, url);
   set_method(e, method, body, blen);
   /* Options kept on the pooled handle are set only when they change. */
   int opt_flags = (int)(flags & (HF_FOLLOW | HF_INSECURE));
@@ -464,6 +468,7 @@ struct curl_slist *http_setup(lua_State *L, CURL *e, int hidx, const char *metho
                                     json ? "Content-Type: application/json" : "Content-Type:");
   cu.easy_setopt(e, CURLOPT_HTTPHEADER, l);
   cu.easy_setopt(e, CURLOPT_URL, url);
+  set_version(e, url);
   set_method(e, method, body, blen);
   cu.easy_setopt(e, CURLOPT_FOLLOWLOCATION, (flags & HF_FOLLOW) ? 1L : 0L);
   long verify = (flags & HF_INSECURE) ? 0L : 1L;

@@ -3,11 +3,12 @@
 -- messages are encoded and decoded by src/pb.c; src/grpc.c runs the calls
 -- on the curl multi handle. This file checks arguments, turns statuses into
 -- errors, emits `grpc` events and closes the streams a task opened when it
--- ends.
+-- ends (through atom.own).
 local _atom = require "_atom"
 local errors = require "atom.errors"
 local events = require "atom.events"
 local pb = require "atom.pb"
+local own = require("atom.own").own
 
 local unary, open, now = _atom.grpc_unary, _atom.grpc_open, _atom.now
 local argerror, raise = errors.argerror, errors.raise
@@ -186,29 +187,6 @@ end
 
 -- }====
 
--- {==== ownership: streams end with the task that opened them ====
-
-local function close_all(set)
-  for s in pairs(set) do s:cancel() end
-end
-
--- Streams a task opens are reset when it ends (SPEC Part II). The only
--- place that knows about task ownership, so that a generic owned-resource
--- list on tasks can replace it.
-local function own(s)
-  local x = _atom.extra(true)
-  if not x then return end
-  local set = x.grpc_streams
-  if not set then
-    set = setmetatable({}, { __mode = "k" })
-    x.grpc_streams = set
-    require("atom.sched").defer(close_all, set)
-  end
-  set[s] = true
-end
-
--- }====
-
 -- {==== unary calls ====
 
 --- Call a unary method; returns the response message and {headers =, trailers =}.
@@ -293,6 +271,7 @@ local function finish(s, code, msg, cause)
     s.headers, s.trailers = md_out(h), md_out(tr)
     box:cancel()
     s._box = nil
+    s._closed = true
   end
   if code == 0 then
     s._end = true
@@ -377,6 +356,7 @@ function Stream:cancel()
   local box = self._box
   if not box then return end
   self._box = nil
+  self._closed = true
   local h, tr = box:info()
   self.headers, self.trailers = md_out(h), md_out(tr)
   box:cancel()
@@ -401,8 +381,7 @@ function M.stream(target, method, opts)
   local s = setmetatable({ _box = box, _method = m.name, _target = t.name, _input = m.input,
                            _output = m.output, _timeout = timeout,
                            _t0 = events.active("grpc") and now() or nil }, Stream)
-  own(s)
-  return s
+  return own(s) -- reset when the task that opened it ends
 end
 
 -- }====
