@@ -53,7 +53,7 @@ local function present()
   end
   -- force the lazily loaded fields
   for _, k in ipairs { "assert_eq", "repr", "json", "base64", "hex", "spawn", "exec", "sh", "http", "rpc",
-    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws", "net", "proxy", "history" } do
+    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws", "net", "proxy", "history", "grpc" } do
     local _ = atom[k]
   end
   walk("atom", atom, 1)
@@ -102,6 +102,8 @@ local function present()
     names["atom.cluster_node.proc"] = true
     methods("atom.ws", require("atom.ws")._WS)
     for _, f in ipairs { "url", "protocol", "close_code", "close_reason" } do names["atom.ws." .. f] = true end
+    methods("atom.grpc_stream", require("atom.grpc")._Stream)
+    for _, f in ipairs { "headers", "trailers" } do names["atom.grpc_stream." .. f] = true end
     methods("atom.http_stream", require("atom.hstream")._Resp)
     for _, f in ipairs { "status", "headers", "url" } do names["atom.http_stream." .. f] = true end
     local wsrpc = require "atom.wsrpc"

@@ -186,6 +186,29 @@ function HttpStream:lines(opts) end
 function HttpStream:sse(opts) end
 function HttpStream:close() end
 
+---A gRPC call opened with `atom.grpc.stream` (server, client or bidirectional streaming).
+---@class atom.grpc_stream
+---@field headers table<string, string>|nil response headers, once they came
+---@field trailers table<string, string>|nil trailers, after the end
+local GrpcStream = {}
+---Queue a message; false once the call has ended (the message is dropped).
+---@param msg table
+---@return boolean
+function GrpcStream:send(msg) end
+---Half-close: the server sees the end of the client's messages.
+function GrpcStream:close_send() end
+---The next message, or nil once the server ended the call with OK.
+---@param timeout number|atom.timeout_opts?
+---@return table|nil
+function GrpcStream:recv(timeout) end
+---@param timeout number? bounds the wait for each message
+---@return fun(): table|nil
+function GrpcStream:messages(timeout) end
+---Reset the HTTP/2 stream (the server sees CANCELLED); idempotent.
+function GrpcStream:cancel() end
+---Same as cancel.
+function GrpcStream:close() end
+
 ---A WebSocket (`atom.ws.connect`).
 ---@class atom.ws
 ---@field url string
@@ -466,6 +489,32 @@ function atom.rpc_batch(url, calls, opts) end
 ---@param opts number|table?
 ---@return atom.rpc_client
 function atom.rpc.connect(url, opts) end
+
+atom.grpc = {}
+---Status names to numbers: OK = 0, CANCELLED = 1, ..., UNAUTHENTICATED = 16.
+atom.grpc.codes = {}
+---Load .proto files (through protoc) or descriptor sets.
+---@param paths string|string[]
+---@param opts {include: string[]?}?
+function atom.grpc.load(paths, opts) end
+---Load every service the server lists through server reflection.
+---@param target string host:port, http://host:port or https://host:port
+---@param opts number|{timeout: number?, metadata: table?, tls: boolean|table|nil}?
+---@return string[] services
+function atom.grpc.reflect(target, opts) end
+---A unary call: the response message and the call's metadata.
+---@param target string host:port, http://host:port or https://host:port
+---@param method string "package.Service/Method"
+---@param request table
+---@param opts number|{timeout: number?, metadata: table<string, string|number>?, tls: boolean|{ca: string?, cert: string?, key: string?, insecure: boolean?}|nil, max_message: integer?}?
+---@return table response, {headers: table<string, string>, trailers: table<string, string>} metadata
+function atom.grpc.call(target, method, request, opts) end
+---Open a streaming call (any kind; a unary method works too).
+---@param target string
+---@param method string "package.Service/Method"
+---@param opts number|{timeout: number?, metadata: table<string, string|number>?, tls: boolean|table|nil, max_message: integer?}?
+---@return atom.grpc_stream
+function atom.grpc.stream(target, method, opts) end
 
 atom.ws = {}
 ---@param url string ws:// or wss://

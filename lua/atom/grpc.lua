@@ -363,6 +363,7 @@ function Stream:cancel()
   if self._t0 then emit(self._target, self._method, nil, self._t0) end
 end
 Stream.close = Stream.cancel
+M._Stream = Stream
 Stream.__close = function(s) s:cancel() end
 Stream.__tostring = function(s)
   return format("atom.grpc.stream (%s at %s%s)", s._method, s._target, s._box and "" or ", closed")
