@@ -499,9 +499,8 @@ static struct curl_slist *build_headers(lua_State *L, int idx, double timeout) {
   struct curl_slist *l = NULL;
   l = cu.slist_append(l, "Content-Type: application/grpc");
   l = cu.slist_append(l, "TE: trailers");
-  l = cu.slist_append(l, "grpc-accept-encoding: identity");
+  /* No grpc-accept-encoding: a server then sends identity only. */
   l = cu.slist_append(l, "Accept:");
-  l = cu.slist_append(l, "Expect:");
   if (timeout > 0) {
     char t[48];
     double ms = timeout * 1000.0;
