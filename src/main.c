@@ -118,12 +118,10 @@ static void signal_async_cb(uv_async_t *h) {
 
 /* The watchdog does not depend on the loop: it ends the process when the
  * run's grace plus one second has passed (SPEC §1 --timeout), whatever Lua
- * is doing. It runs on the scheduler's preemption thread. */
-extern volatile bool sched_urgent;
-extern void (*volatile sched_watchdog_hook)(void);
+ * is doing. It runs on watch.c's thread. */
 static void watchdog_check(void) {
   uint64_t now = uv_hrtime();
-  if (first_signal) sched_urgent = true;
+  if (first_signal) sched_set_urgent();
   int code = 0;
   if (watchdog_deadline_ns && now > watchdog_deadline_ns) code = 124;
   if (first_signal && hard_exit_ns && now > hard_exit_ns) code = signal_status(first_signal);
@@ -299,8 +297,7 @@ static int l_set_limits(lua_State *L) {
     timer_start(&run_deadline, timeout_secs, run_deadline_cb);
     watchdog_deadline_ns = uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9);
   }
-  /* The scheduler's preemption thread runs this check every 50 ms. */
-  sched_watchdog_hook = watchdog_check;
+  watch_add(watchdog_check); /* every 50 ms, off the loop */
   return 0;
 }
 

@@ -202,8 +202,7 @@ struct proc {
   struct timer eof_timer, grace_timer, group_timer, tick;
   struct outbuf ob;
   struct pwait *waiters;
-  struct task *owner;
-  struct proc *onext, *oprev; /* in the owner's list (sched_task_procs) */
+  struct owned own; /* in its owner scope's list (sched_own); own.owner */
   struct proc *gnext, *gprev; /* every unreleased process */
   struct ownstop *os;
   int os_idx;
@@ -223,6 +222,7 @@ void proc_ownstop_done(struct proc *p); /* proclua.c */
 void proc_shared_log_unref(void);       /* proclua.c: a user of exec.log is over */
 void proc_owner_link(struct proc *p, struct task *owner);
 void proc_owner_unlink(struct proc *p);
+struct proc *proc_of_owned(struct owned *o); /* NULL: o is not a process */
 void proc_abandon(struct proc *p);
 void proc_release_ud(struct proc *p); /* the userdata is collected */
 void proc_kill_all(void);

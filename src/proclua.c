@@ -522,9 +522,8 @@ void proc_ownstop_done(struct proc *p) {
 static int l_stop_owned(lua_State *L) {
   struct task *t = sched_current(L);
   if (!t) return 0;
-  struct proc **head = (struct proc **)sched_task_procs(t);
   int n = 0;
-  for (struct proc *p = *head; p; p = p->onext) n++;
+  for (struct owned *o = sched_owned(t); o; o = o->next) n += proc_of_owned(o) != NULL;
   if (n == 0) {
     shared_log_close_idle();
     return 0;
@@ -534,13 +533,16 @@ static int l_stop_owned(lua_State *L) {
   if (!os->procs) return luaL_error(L, "out of memory");
   os->n = n;
   int k = 0;
-  for (struct proc *p = *head, *next; p && k < n; p = next, k++) {
-    next = p->onext;
+  for (struct owned *o = sched_owned(t), *next; o && k < n; o = next) {
+    next = o->next;
+    struct proc *p = proc_of_owned(o);
+    if (!p) continue;
+    int idx = k++;
     proc_stop_begin(p, p->grace);
     if (p->stop_done || p->released) continue;
     p->os = os;
-    p->os_idx = k;
-    os->procs[k] = p;
+    p->os_idx = idx;
+    os->procs[idx] = p;
     os->pending++;
   }
   if (os->pending == 0) {
