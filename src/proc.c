@@ -381,7 +381,11 @@ static void stop_finish(struct proc *p) {
   rpipe_close(p, 1);
   end_output(p);
   wake_kind(p, W_STOP, NULL, push_status_w, 2);
-  if (p->os) proc_ownstop_done(p);
+  if (p->on_stopped) {
+    void (*cb)(struct proc *) = p->on_stopped;
+    p->on_stopped = NULL;
+    cb(p);
+  }
   proc_maybe_release(p);
 }
 
@@ -514,7 +518,7 @@ void proc_maybe_release(struct proc *p) {
   exit_poll_close(p);
   outbuf_flush(&p->ob);
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
-  if (p->ob.logfd >= 0 && p->log_shared) proc_shared_log_unref();
+  if (p->ob.logfd >= 0 && p->log_shared) outbuf_shared_log_unref();
   p->ob.logfd = -1;
   reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
   if (p->pidfd >= 0) close(p->pidfd);

@@ -508,8 +508,6 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "handles");
   lua_pushinteger(L, util_live_refs());
   lua_setfield(L, -2, "refs");
-  lua_pushinteger(L, proc_live_children());
-  lua_setfield(L, -2, "children");
   lua_pushinteger(L, timer_count());
   lua_setfield(L, -2, "timers");
   return 1;
