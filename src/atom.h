@@ -72,7 +72,6 @@ struct wait {
   struct task *task;              /* the waiting task; NULL once woken or undone */
   void (*cancel)(struct wait *w); /* undo the armed operation; never wakes; may be NULL */
   const char *what;               /* static label for messages ("sleep", "ev:wait()") */
-  bool blocks;                    /* true: only another task can end it (deadlock candidate) */
   bool uninterruptible;           /* waits for children: cancellation goes to them instead */
 };
 

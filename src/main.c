@@ -276,7 +276,8 @@ static int l_run_file(lua_State *L) {
     copy_value(F, -1, L, 0);
   } else {
     lua_newtable(L);
-    lua_pushstring(L, lua_tostring(F, -1) ? lua_tostring(F, -1) : "error");
+    /* an error table too (its __tostring): never the bare word "error" */
+    lua_pushstring(L, luaL_tolstring(F, -1, NULL));
     lua_setfield(L, -2, "internal_error");
   }
   file_state = NULL;
@@ -385,7 +386,18 @@ int main(int argc, char **argv) {
     code = (int)lua_tointeger(L, -1);
   }
   fflush(stdout);
-  /* Exit without closing the control state: the reports are written and the
-   * reaper stops whatever process is left when our pipe to it closes. */
+  /* Every handle is closed and the loop must end empty: a handle nobody
+   * closed is a leak (reported with ATOMLUA_DEBUG=leaks, which makes such
+   * a run fail). The control state itself is not closed: the reports are
+   * written, and the reaper stops whatever process is left when our pipe to
+   * it closes. */
+  runtime_close_handles();
+  if (uv_loop_close(atom_loop) != 0) {
+    const char *dbg = getenv("ATOMLUA_DEBUG");
+    if (dbg && strstr(dbg, "leaks")) {
+      fprintf(stderr, "atomlua: leaks at exit: the loop still has open handles\n");
+      if (code == 0) code = 1;
+    }
+  }
   _exit(code);
 }

@@ -625,10 +625,16 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   const int fds[2] = {out[0], errp[0]};
   for (int s = 0; s < 2; s++) {
     struct rpipe *rp = &p->out[s];
-    rp->p = p;
-    rp->s = s;
     rp->fd = fds[s];
-    if (rp->fd >= 0) ep_add(rp->fd, p, s);
+    /* Not watched, the pipe would fill and stall the child: give it EOF
+     * (and the child EPIPE) instead, and say so in the log. */
+    if (rp->fd >= 0 && ep_add(rp->fd, p, s) < 0) {
+      close(rp->fd);
+      rp->fd = -1;
+      static const char msg[] = "--- atomlua: cannot watch this output pipe (epoll); not read\n";
+      outbuf_log_raw(&p->ob, msg, sizeof msg - 1);
+      outbuf_eof(&p->ob, s);
+    }
   }
   if (p->pidfd >= 0 && ep_add(p->pidfd, p, EV_EXIT) == 0) p->exit_watched = true;
   watch_reaper();

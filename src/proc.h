@@ -178,10 +178,8 @@ struct wreq { /* queued bytes for stdin */
   char data[];
 };
 
-struct rpipe {
-  struct proc *p;
-  int s;  /* 0 stdout, 1 stderr */
-  int fd; /* -1 once closed */
+struct rpipe { /* out[0] stdout, out[1] stderr */
+  int fd;       /* -1 once closed */
 };
 
 struct ownstop; /* proclua.c: the owner's wait in proc_stop_owned */

@@ -146,7 +146,6 @@ static int l_task_join(lua_State *L) {
   struct joiner *j = sched_wait_alloc(L, me, sizeof *j);
   j->w.cancel = joiner_cancel;
   j->w.what = "t:join()";
-  j->w.blocks = true;
   j->target = t;
   j->next = t->joiners;
   t->joiners = j;
@@ -455,16 +454,14 @@ static int l_park_token(lua_State *L) {
   return 2;
 }
 
-/* _atom.park(fname, what, timeout, blocks) -> values given to unpark */
+/* _atom.park(fname, what, timeout) -> values given to unpark */
 static int l_park(lua_State *L) {
   const char *fname = luaL_checkstring(L, 1);
   const char *what = luaL_checkstring(L, 2);
   double timeout = luaL_optnumber(L, 3, -1);
-  bool blocks = lua_toboolean(L, 4);
   struct task *t = sched_enter(L, fname);
   t->park_seq++;
   struct wait *w = sched_own_wait(t, "park", false);
-  w->blocks = blocks;
   lua_pushstring(L, what);
   lua_replace(L, 2);
   lua_settop(L, 2);
