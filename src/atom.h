@@ -23,6 +23,7 @@
 /* {==== runtime (lualib.c) ==== */
 
 extern uv_loop_t *atom_loop; /* the one loop; created once per process */
+extern bool runtime_cli;     /* the atomlua binary (true) or module mode */
 
 /* Opens the `_atom` C library, luv on our loop and the embedded Lua modules in L,
  * then requires "atom" and leaves it on the stack. `cli` is true for the atomlua
@@ -53,6 +54,14 @@ void timer_shutdown(void);           /* close the uv timer (end of process / mod
 
 /* }==== */
 
+/* {==== the watch thread (watch.c) ==== */
+
+/* Run check() every 50 ms on a thread of its own, independent of the loop
+ * (started on first use; a check is added once). */
+void watch_add(void (*check)(void));
+
+/* }==== */
+
 /* {==== scheduler (sched.c) ==== */
 
 struct task;
@@ -63,7 +72,6 @@ struct wait {
   struct task *task;              /* the waiting task; NULL once woken or undone */
   void (*cancel)(struct wait *w); /* undo the armed operation; never wakes; may be NULL */
   const char *what;               /* static label for messages ("sleep", "ev:wait()") */
-  bool blocks;                    /* true: only another task can end it (deadlock candidate) */
   bool uninterruptible;           /* waits for children: cancellation goes to them instead */
 };
 
@@ -104,6 +112,31 @@ const char *sched_task_name(lua_State *L, struct task *t); /* pushes nothing */
 bool sched_task_done(struct task *t);
 int sched_live_tasks(void);
 
+/* Owner scopes. An owner task (a test, the root: the layer above marks them
+ * with TF_OWNER) owns resources that subsystems register on it: processes
+ * now, and whatever else must not outlive it. Ending them gracefully is the
+ * subsystem's business at the owner's end (lua/atom/task.lua's owner_end
+ * hooks); when the owner's cleanup grace has passed, or it is abandoned,
+ * the scheduler disowns each one and calls its `kill`, which must not wait.
+ * The scheduler knows nothing else about them. */
+struct owned {
+  struct owned *next, *prev;
+  struct task *owner;            /* NULL when not owned */
+  void (*kill)(struct owned *o); /* called after it was disowned */
+};
+void sched_own(struct task *owner, struct owned *o); /* owner NULL: nothing */
+void sched_disown(struct owned *o);                  /* idempotent */
+struct owned *sched_owned(struct task *t);           /* first; follow ->next */
+
+/* Called at the end of every sched_run (atom.run, each scenario file), after
+ * the root has ended: subsystems close what must not outlive a run
+ * (connections, port reservations). Registered once per process. */
+void sched_on_run_end(void (*fn)(lua_State *L));
+
+/* The run is being stopped (a signal): preempt a task that never suspends
+ * even when no timer is overdue. Safe from any thread. */
+void sched_set_urgent(void);
+
 /* Called by the CLI when the run must stop (timeout, signal): cancel the root
  * with this message. */
 void sched_cancel_root(lua_State *L, const char *message);
@@ -115,6 +148,10 @@ void sched_cancel_root(lua_State *L, const char *message);
 /* Raise an atom error table {kind, message, task, traceback} whose tostring
  * starts with the calling script's file:line. Never returns. */
 int util_error(lua_State *L, const char *kind, const char *fmt, ...);
+/* Errors name the task they were raised in; the scheduler installs this
+ * (util.c sits below it): push the name of the task running in L, or push
+ * nothing and return false. */
+extern bool (*util_task_name_hook)(lua_State *L);
 /* Push (without raising) such an error table; the caller may add fields. */
 void util_push_error(lua_State *L, const char *kind, const char *fmt, ...);
 /* Lua-style argument errors blaming the public function name:
@@ -159,11 +196,6 @@ void lincheck_register(lua_State *L); /* lincheck.c: the linearizability checker
 void pb_register(lua_State *L);       /* protobuf codec (pb.c) */
 void grpc_register(lua_State *L);     /* gRPC calls on the curl multi handle (grpc.c) */
 
-/* Processes owned by a task (a test or a root): a list head the proc module
- * keeps in the task record. The scheduler calls proc_kill_owned when the
- * task's cleanup grace has passed (SIGKILL every owned group, no waiting). */
-void **sched_task_procs(struct task *t);
-void proc_kill_owned(struct task *t);
 int proc_live_children(void); /* unreaped children, for ATOMLUA_DEBUG=leaks */
 void proc_kill_all(void);     /* SIGKILL every group now (a forced exit) */
 

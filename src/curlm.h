@@ -65,7 +65,7 @@ struct curl_slist *http_setup(struct lua_State *L, CURL *e, int hidx, const char
 /* Called when a socket curl opened is closed (grpc.c tracks its connections). */
 extern void (*curlm_close_hook)(curl_socket_t fd);
 
-/* grpc.c: free the pooled gRPC calls (from http.c's http_close). */
+/* grpc.c: free the pooled gRPC calls (from http.c's http_run_end). */
 void grpc_release(void);
 
 #endif

@@ -278,7 +278,7 @@ void grpc_call_put(struct call *c) {
   pool_len++;
 }
 
-/* End of a run (http.c's l_http_close, with nothing in flight). */
+/* End of a run (http.c's http_run_end, with nothing in flight). */
 void grpc_release(void) {
   shared_hdrs_free();
   while (pool) {

@@ -413,14 +413,12 @@ static int l_http_perform(lua_State *L) {
   return sched_wait(L, &r->w, timeout, 9);
 }
 
-/* _atom.http_close() -> true when the idle connections were closed (nothing in
- * flight), else false. Called at the end of a run so that no socket outlives
- * it; the next request opens the multi handle again. */
-static int l_http_close(lua_State *L) {
-  if (curlm_in_flight() > 0) {
-    lua_pushboolean(L, 0);
-    return 1;
-  }
+/* End of a run (sched_on_run_end): close the idle connections so that no
+ * socket outlives it (nothing is in flight once the root has ended); the
+ * next request opens the multi handle again. */
+static void http_run_end(lua_State *L) {
+  (void)L;
+  if (curlm_in_flight() > 0) return;
   curlm_close();
   while (pool) {
     struct hreq *r = pool;
@@ -432,8 +430,6 @@ static int l_http_close(lua_State *L) {
   }
   pool_len = 0;
   grpc_release();
-  lua_pushboolean(L, 1);
-  return 1;
 }
 
 /* }==== */
@@ -441,8 +437,7 @@ static int l_http_close(lua_State *L) {
 void http_register(lua_State *L) {
   lua_pushcfunction(L, l_http_perform);
   lua_setfield(L, -2, "http_perform");
-  lua_pushcfunction(L, l_http_close);
-  lua_setfield(L, -2, "http_close");
+  sched_on_run_end(http_run_end);
 }
 
 /* {==== shared with hstream.c (atom.http.stream) ==== */

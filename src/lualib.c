@@ -97,7 +97,10 @@ static int open_luv(lua_State *L) {
   return luaopen_luv(L);
 }
 
+bool runtime_cli;
+
 int runtime_open(lua_State *L, bool cli) {
+  runtime_cli = cli;
   loop_init();
   luaL_openlibs(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

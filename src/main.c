@@ -118,12 +118,10 @@ static void signal_async_cb(uv_async_t *h) {
 
 /* The watchdog does not depend on the loop: it ends the process when the
  * run's grace plus one second has passed (SPEC §1 --timeout), whatever Lua
- * is doing. It runs on the scheduler's preemption thread. */
-extern volatile bool sched_urgent;
-extern void (*volatile sched_watchdog_hook)(void);
+ * is doing. It runs on watch.c's thread. */
 static void watchdog_check(void) {
   uint64_t now = uv_hrtime();
-  if (first_signal) sched_urgent = true;
+  if (first_signal) sched_set_urgent();
   int code = 0;
   if (watchdog_deadline_ns && now > watchdog_deadline_ns) code = 124;
   if (first_signal && hard_exit_ns && now > hard_exit_ns) code = signal_status(first_signal);
@@ -278,7 +276,8 @@ static int l_run_file(lua_State *L) {
     copy_value(F, -1, L, 0);
   } else {
     lua_newtable(L);
-    lua_pushstring(L, lua_tostring(F, -1) ? lua_tostring(F, -1) : "error");
+    /* an error table too (its __tostring): never the bare word "error" */
+    lua_pushstring(L, luaL_tolstring(F, -1, NULL));
     lua_setfield(L, -2, "internal_error");
   }
   file_state = NULL;
@@ -299,8 +298,7 @@ static int l_set_limits(lua_State *L) {
     timer_start(&run_deadline, timeout_secs, run_deadline_cb);
     watchdog_deadline_ns = uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9);
   }
-  /* The scheduler's preemption thread runs this check every 50 ms. */
-  sched_watchdog_hook = watchdog_check;
+  watch_add(watchdog_check); /* every 50 ms, off the loop */
   return 0;
 }
 
@@ -388,7 +386,18 @@ int main(int argc, char **argv) {
     code = (int)lua_tointeger(L, -1);
   }
   fflush(stdout);
-  /* Exit without closing the control state: the reports are written and the
-   * reaper stops whatever process is left when our pipe to it closes. */
+  /* Every handle is closed and the loop must end empty: a handle nobody
+   * closed is a leak (reported with ATOMLUA_DEBUG=leaks, which makes such
+   * a run fail). The control state itself is not closed: the reports are
+   * written, and the reaper stops whatever process is left when our pipe to
+   * it closes. */
+  runtime_close_handles();
+  if (uv_loop_close(atom_loop) != 0) {
+    const char *dbg = getenv("ATOMLUA_DEBUG");
+    if (dbg && strstr(dbg, "leaks")) {
+      fprintf(stderr, "atomlua: leaks at exit: the loop still has open handles\n");
+      if (code == 0) code = 1;
+    }
+  }
   _exit(code);
 }

@@ -4,6 +4,7 @@
  * raw for p:output() and exec, and every byte written to the log file through
  * one bounded buffer. Waiting on lines is proc.c's job. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -262,6 +263,46 @@ void outbuf_eof(struct outbuf *o, int s) {
   pt->len = 0;
   pt->cut = false;
   outbuf_flush(o);
+}
+
+/* }==== */
+
+/* {==== exec.log, shared by the execs of a scenario file ==== */
+
+static struct {
+  char *path;
+  int fd, users;
+} shared_log = {NULL, -1, 0};
+
+void outbuf_shared_log_close_idle(void) {
+  if (shared_log.users > 0) return;
+  if (shared_log.fd >= 0) close(shared_log.fd);
+  free(shared_log.path);
+  shared_log.path = NULL;
+  shared_log.fd = -1;
+}
+
+void outbuf_shared_log_unref(void) { shared_log.users--; }
+
+void outbuf_shared_log_reset(void) {
+  shared_log.users = 0;
+  outbuf_shared_log_close_idle();
+}
+
+int outbuf_shared_log_open(const char *path, bool *shared) {
+  if (!shared_log.path || strcmp(shared_log.path, path) != 0) {
+    if (shared_log.users > 0) { /* another file while execs still log: its own fd */
+      *shared = false;
+      return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    }
+    outbuf_shared_log_close_idle();
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    shared_log.path = strdup(path);
+    shared_log.fd = fd;
+  }
+  shared_log.users++;
+  return shared_log.fd;
 }
 
 /* }==== */

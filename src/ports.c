@@ -107,20 +107,20 @@ found:
   return 1;
 }
 
-/* _atom.ports_release(): end of a run (module mode): drop every reservation
- * and forget what was handed out. */
-static int l_ports_release(lua_State *L) {
+/* End of a run (sched_on_run_end): in module mode the reservations end
+ * with atom.run (drop them and forget what was handed out); in the CLI they
+ * last as long as the process, across its scenario files. */
+static void ports_run_end(lua_State *L) {
   (void)L;
+  if (runtime_cli) return;
   if (P.fd >= 0) close(P.fd); /* releases all of this descriptor's locks */
   P.fd = -1;
   memset(P.given, 0, sizeof P.given);
-  return 0;
 }
 
 void ports_register(lua_State *L);
 void ports_register(lua_State *L) {
   lua_pushcfunction(L, l_free_port);
   lua_setfield(L, -2, "free_port");
-  lua_pushcfunction(L, l_ports_release);
-  lua_setfield(L, -2, "ports_release");
+  sched_on_run_end(ports_run_end);
 }

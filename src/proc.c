@@ -381,7 +381,11 @@ static void stop_finish(struct proc *p) {
   rpipe_close(p, 1);
   end_output(p);
   wake_kind(p, W_STOP, NULL, push_status_w, 2);
-  if (p->os) proc_ownstop_done(p);
+  if (p->on_stopped) {
+    void (*cb)(struct proc *) = p->on_stopped;
+    p->on_stopped = NULL;
+    cb(p);
+  }
   proc_maybe_release(p);
 }
 
@@ -429,13 +433,13 @@ static void fail_owner(struct proc *p) {
     next = pw->next;
     if (pw->kind != W_LINE) continue;
     lua_State *T = sched_thread(&pw->w);
-    if (!T || sched_owner(pw->w.task) != p->owner) continue;
+    if (!T || sched_owner(pw->w.task) != p->own.owner) continue;
     proc_wait_unlink(pw);
     lua_pushvalue(L, -1);
     lua_xmove(L, T, 1);
     sched_wake_error(&pw->w);
   }
-  sched_fail(L, p->owner); /* pops the error */
+  sched_fail(L, p->own.owner); /* pops the error */
 }
 
 static void on_exit_cb(struct proc *p) {
@@ -449,7 +453,7 @@ static void on_exit_cb(struct proc *p) {
   /* Exits the script caused (kill, stop, wait) are expected; p:kill and
    * p:stop also disarmed `critical`. */
   bool expected = p->caused || waited;
-  bool fail = p->critical && !waited && owner_running(p->owner);
+  bool fail = p->critical && !waited && owner_running(p->own.owner);
   if (proc_L && p->ref != LUA_NOREF) {
     lua_State *L = proc_L;
     int top = lua_gettop(L);
@@ -514,7 +518,7 @@ void proc_maybe_release(struct proc *p) {
   exit_poll_close(p);
   outbuf_flush(&p->ob);
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
-  if (p->ob.logfd >= 0 && p->log_shared) proc_shared_log_unref();
+  if (p->ob.logfd >= 0 && p->log_shared) outbuf_shared_log_unref();
   p->ob.logfd = -1;
   reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
   if (p->pidfd >= 0) close(p->pidfd);
@@ -621,10 +625,16 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   const int fds[2] = {out[0], errp[0]};
   for (int s = 0; s < 2; s++) {
     struct rpipe *rp = &p->out[s];
-    rp->p = p;
-    rp->s = s;
     rp->fd = fds[s];
-    if (rp->fd >= 0) ep_add(rp->fd, p, s);
+    /* Not watched, the pipe would fill and stall the child: give it EOF
+     * (and the child EPIPE) instead, and say so in the log. */
+    if (rp->fd >= 0 && ep_add(rp->fd, p, s) < 0) {
+      close(rp->fd);
+      rp->fd = -1;
+      static const char msg[] = "--- atomlua: cannot watch this output pipe (epoll); not read\n";
+      outbuf_log_raw(&p->ob, msg, sizeof msg - 1);
+      outbuf_eof(&p->ob, s);
+    }
   }
   if (p->pidfd >= 0 && ep_add(p->pidfd, p, EV_EXIT) == 0) p->exit_watched = true;
   watch_reaper();
@@ -743,20 +753,19 @@ void proc_reap_orphans(bool kill_them) { orphans(kill_them ? O_KILL : O_REAP); }
 
 int proc_live_children(void) { return live_children; }
 
-/* The cleanup grace has passed (sched.c): SIGKILL every group t owns, no
- * waiting; the exits finish from the loop. t may be gone soon after, so its
- * processes forget it. */
-void proc_kill_owned(struct task *t) {
-  struct proc **head = (struct proc **)sched_task_procs(t);
-  while (*head) {
-    struct proc *p = *head;
-    p->critical = false;
-    p->caused = true;
-    group_signal(p, SIGKILL);
-    p->sigkilled = true;
-    proc_owner_unlink(p);
-    stop_check(p);
-  }
+/* The owner's cleanup grace has passed (the scheduler disowned p already):
+ * SIGKILL its group, no waiting; the exit finishes from the loop. */
+static void proc_owned_kill(struct owned *o) {
+  struct proc *p = container_of(o, struct proc, own);
+  p->critical = false;
+  p->caused = true;
+  group_signal(p, SIGKILL);
+  p->sigkilled = true;
+  stop_check(p);
+}
+
+struct proc *proc_of_owned(struct owned *o) {
+  return o->kill == proc_owned_kill ? container_of(o, struct proc, own) : NULL;
 }
 
 /* End of the run (--timeout, a second signal): SIGKILL every group. */
@@ -784,26 +793,11 @@ void proc_kill_all(void) {
 }
 
 void proc_owner_link(struct proc *p, struct task *owner) {
-  p->owner = owner;
-  if (!owner) return;
-  struct proc **head = (struct proc **)sched_task_procs(owner);
-  p->oprev = NULL;
-  p->onext = *head;
-  if (*head) (*head)->oprev = p;
-  *head = p;
+  p->own.kill = proc_owned_kill;
+  sched_own(owner, &p->own);
 }
 
-void proc_owner_unlink(struct proc *p) {
-  if (!p->owner) return;
-  struct proc **head = (struct proc **)sched_task_procs(p->owner);
-  if (p->oprev)
-    p->oprev->onext = p->onext;
-  else
-    *head = p->onext;
-  if (p->onext) p->onext->oprev = p->oprev;
-  p->onext = p->oprev = NULL;
-  p->owner = NULL;
-}
+void proc_owner_unlink(struct proc *p) { sched_disown(&p->own); }
 
 /* The Lua state is closing with p still live (only when a run is torn down
  * abruptly): kill it, close everything without calling Lua again. */

@@ -124,6 +124,14 @@ void outbuf_log_raw(struct outbuf *o, const char *data, size_t n); /* header lin
 /* Line idx (first <= idx < next): its bytes (valid until the next feed), or NULL. */
 const char *outbuf_line(struct outbuf *o, uint64_t idx, size_t *len, int *stream);
 /* Copy stream s's tail into dst (room for o->tail[s].len bytes). */
+/* exec.log is shared by the execs of a scenario file: opened once (with
+ * *shared set false when another file's log is still in use, so the caller
+ * got an fd of its own), counted per user, closed when idle (the run
+ * directory may go). */
+int outbuf_shared_log_open(const char *path, bool *shared);
+void outbuf_shared_log_unref(void);
+void outbuf_shared_log_close_idle(void);
+void outbuf_shared_log_reset(void); /* the Lua state is closing: close it whatever uses it */
 void outbuf_tail_copy(const struct outbuf *o, int s, char *dst);
 
 /* }==== */
@@ -170,10 +178,8 @@ struct wreq { /* queued bytes for stdin */
   char data[];
 };
 
-struct rpipe {
-  struct proc *p;
-  int s;  /* 0 stdout, 1 stderr */
-  int fd; /* -1 once closed */
+struct rpipe { /* out[0] stdout, out[1] stderr */
+  int fd;       /* -1 once closed */
 };
 
 struct ownstop; /* proclua.c: the owner's wait in proc_stop_owned */
@@ -202,10 +208,10 @@ struct proc {
   struct timer eof_timer, grace_timer, group_timer, tick;
   struct outbuf ob;
   struct pwait *waiters;
-  struct task *owner;
-  struct proc *onext, *oprev; /* in the owner's list (sched_task_procs) */
+  struct owned own; /* in its owner scope's list (sched_own); own.owner */
   struct proc *gnext, *gprev; /* every unreleased process */
-  struct ownstop *os;
+  void (*on_stopped)(struct proc *p); /* once, when a stop has finished (proclua.c) */
+  struct ownstop *os;                 /* the owner's stop waiting for it (proclua.c) */
   int os_idx;
   struct proc *free_next; /* freed after the current event batch */
 };
@@ -219,10 +225,9 @@ void proc_wait_link(struct proc *p, struct pwait *pw);
 void proc_wait_unlink(struct pwait *pw);
 void proc_stop_begin(struct proc *p, double grace);
 void proc_kill_and_reap(struct proc *p);
-void proc_ownstop_done(struct proc *p); /* proclua.c */
-void proc_shared_log_unref(void);       /* proclua.c: a user of exec.log is over */
 void proc_owner_link(struct proc *p, struct task *owner);
 void proc_owner_unlink(struct proc *p);
+struct proc *proc_of_owned(struct owned *o); /* NULL: o is not a process */
 void proc_abandon(struct proc *p);
 void proc_release_ud(struct proc *p); /* the userdata is collected */
 void proc_kill_all(void);

@@ -18,37 +18,6 @@
 
 extern char **environ;
 
-/* exec.log is shared by the execs of a scenario file: opened once, closed
- * when an owner ends and no exec is using it (the run directory may go). */
-static struct {
-  char *path;
-  int fd, users;
-} shared_log = {NULL, -1, 0};
-
-static void shared_log_close_idle(void) {
-  if (shared_log.users > 0) return;
-  if (shared_log.fd >= 0) close(shared_log.fd);
-  free(shared_log.path);
-  shared_log.path = NULL;
-  shared_log.fd = -1;
-}
-
-void proc_shared_log_unref(void) { shared_log.users--; }
-
-static int shared_log_fd(const char *path) {
-  if (!shared_log.path || strcmp(shared_log.path, path) != 0) {
-    if (shared_log.users > 0) /* another file while execs still log: use its own fd */
-      return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    shared_log_close_idle();
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    shared_log.path = strdup(path);
-    shared_log.fd = fd;
-  }
-  shared_log.users++;
-  return shared_log.fd;
-}
-
 struct ownstop {
   struct wait w;
   struct proc **procs;
@@ -206,10 +175,9 @@ static int l_spawn(lua_State *L) {
   lua_pop(L, 1);
   o.logfd = -1;
   if (log && o.output == OUT_CAPTURE) {
-    o.logfd = log_shared ? shared_log_fd(log)
+    o.logfd = log_shared ? outbuf_shared_log_open(log, &log_shared)
                          : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (o.logfd < 0) return util_error(L, "io", "cannot open log %s: %s", log, strerror(errno));
-    if (log_shared && o.logfd != shared_log.fd) log_shared = false; /* its own fd after all */
   }
   struct proc **ud = lua_newuserdatauv(L, sizeof *ud, 1);
   *ud = NULL;
@@ -219,7 +187,7 @@ static int l_spawn(lua_State *L) {
   struct proc *p = proc_start(&o, &err, &stage);
   if (!p) {
     if (o.logfd >= 0 && !log_shared) close(o.logfd);
-    if (o.logfd >= 0 && log_shared) shared_log.users--;
+    if (o.logfd >= 0 && log_shared) outbuf_shared_log_unref();
     if (strcmp(stage, "exec") == 0)
       return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-err));
     if (strcmp(stage, "chdir") == 0)
@@ -499,20 +467,22 @@ static void ownstop_cancel(struct wait *w) {
     struct proc *p = os->procs[i];
     if (!p) continue;
     p->os = NULL;
+    p->on_stopped = NULL;
     proc_kill_and_reap(p);
   }
   free(os->procs);
   os->procs = NULL;
 }
 
-void proc_ownstop_done(struct proc *p) {
+/* p's stop is over (proc.c's on_stopped): one less to wait for. */
+static void ownstop_done(struct proc *p) {
   struct ownstop *os = p->os;
   p->os = NULL;
   os->procs[p->os_idx] = NULL;
   if (--os->pending > 0) return;
   free(os->procs);
   os->procs = NULL;
-  shared_log_close_idle();
+  outbuf_shared_log_close_idle();
   sched_wake(&os->w, 0);
 }
 
@@ -522,11 +492,10 @@ void proc_ownstop_done(struct proc *p) {
 static int l_stop_owned(lua_State *L) {
   struct task *t = sched_current(L);
   if (!t) return 0;
-  struct proc **head = (struct proc **)sched_task_procs(t);
   int n = 0;
-  for (struct proc *p = *head; p; p = p->onext) n++;
+  for (struct owned *o = sched_owned(t); o; o = o->next) n += proc_of_owned(o) != NULL;
   if (n == 0) {
-    shared_log_close_idle();
+    outbuf_shared_log_close_idle();
     return 0;
   }
   struct ownstop *os = sched_wait_alloc(L, t, sizeof *os);
@@ -534,19 +503,23 @@ static int l_stop_owned(lua_State *L) {
   if (!os->procs) return luaL_error(L, "out of memory");
   os->n = n;
   int k = 0;
-  for (struct proc *p = *head, *next; p && k < n; p = next, k++) {
-    next = p->onext;
+  for (struct owned *o = sched_owned(t), *next; o && k < n; o = next) {
+    next = o->next;
+    struct proc *p = proc_of_owned(o);
+    if (!p) continue;
+    int idx = k++;
     proc_stop_begin(p, p->grace);
     if (p->stop_done || p->released) continue;
     p->os = os;
-    p->os_idx = k;
-    os->procs[k] = p;
+    p->os_idx = idx;
+    p->on_stopped = ownstop_done;
+    os->procs[idx] = p;
     os->pending++;
   }
   if (os->pending == 0) {
     free(os->procs);
     os->procs = NULL;
-    shared_log_close_idle();
+    outbuf_shared_log_close_idle();
     return 0;
   }
   os->w.what = "stopping processes";
@@ -581,7 +554,8 @@ static int l_on_exit(lua_State *L) {
   return 0;
 }
 
-static int l_live(lua_State *L) {
+/* _atom.proc_children() -> spawned and not yet reaped (atom._stats). */
+static int l_children(lua_State *L) {
   lua_pushinteger(L, proc_live_children());
   return 1;
 }
@@ -593,8 +567,7 @@ static int l_anchor_gc(lua_State *L) {
     next = p->gnext;
     proc_abandon(p);
   }
-  shared_log.users = 0;
-  shared_log_close_idle();
+  outbuf_shared_log_reset();
   proc_reap_orphans(true); /* the file is over: what its daemons left, too */
   proc_L = NULL;
   return 0;
@@ -639,7 +612,7 @@ void proc_register(lua_State *L) {
                                  {"proc_stop_owned", l_stop_owned},
                                  {"proc_signum", l_signum},
                                  {"proc_signame", l_signame},
-                                 {"proc_live", l_live},
+                                 {"proc_children", l_children},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

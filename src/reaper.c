@@ -238,11 +238,17 @@ void reaper_add(pid_t pgid, int pidfd) {
   if (ngroups == capgroups) {
     size_t cap = capgroups ? 2 * capgroups : 64;
     struct rgroup *g = realloc(groups, cap * sizeof *g);
-    if (!g) return;
-    groups = g;
-    capgroups = cap;
+    if (g) {
+      groups = g;
+      capgroups = cap;
+    }
   }
-  groups[ngroups++] = (struct rgroup){pgid, pidfd};
+  if (ngroups < capgroups) {
+    groups[ngroups++] = (struct rgroup){pgid, pidfd};
+  } else { /* out of memory: the reaper still hears of it, only a restart would not */
+    fprintf(stderr, "atomlua: warning: out of memory: process group %d is not re-registered "
+                    "if the reaper has to be restarted\n", (int)pgid);
+  }
   if (rpid == 0) /* the first spawn starts the reaper, which learns every group */
     restart();
   else if (!send_rec(R_ADD, pgid, pidfd, 0))

@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "atom.h"
 #include "task.h"
@@ -36,8 +35,8 @@ const char *const sched_status_names[] = {"running", "running", "done", "failed"
 struct sched_state sched_state = {
     .handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
 
-/* Preemption (see watchdog in main.c): the task running too long while a
- * deadline is overdue yields from a count hook. */
+/* Preemption (preempt_check, on watch.c's thread): the task running too
+ * long while a deadline is overdue yields from a count hook. */
 static pthread_mutex_t running_lock = PTHREAD_MUTEX_INITIALIZER;
 static lua_State *volatile running_co;
 static volatile uint64_t running_since;
@@ -97,14 +96,57 @@ const char *sched_task_name(lua_State *L, struct task *t) {
 bool sched_task_done(struct task *t) { return t->status >= T_DONE; }
 bool sched_task_returned(struct task *t) { return t->returned || t->status >= T_DONE; }
 int sched_live_tasks(void) { return sched_state.live; }
-void **sched_task_procs(struct task *t) { return &t->procs; }
+
+/* util_task_name_hook: errors made in util.c name the current task. */
+static bool push_current_name(lua_State *L) {
+  struct task *t = sched_current(L);
+  if (!t) return false;
+  sched_task_name(L, t);
+  return true;
+}
+
+/* {==== owner scopes ==== */
+
+void sched_own(struct task *owner, struct owned *o) {
+  o->owner = owner;
+  o->prev = NULL;
+  o->next = NULL;
+  if (!owner) return;
+  o->next = owner->owned;
+  if (owner->owned) owner->owned->prev = o;
+  owner->owned = o;
+}
+
+void sched_disown(struct owned *o) {
+  if (!o->owner) return;
+  if (o->prev)
+    o->prev->next = o->next;
+  else
+    o->owner->owned = o->next;
+  if (o->next) o->next->prev = o->prev;
+  o->next = o->prev = NULL;
+  o->owner = NULL;
+}
+
+struct owned *sched_owned(struct task *t) { return t->owned; }
+
+/* The owner's grace has passed: end what it owns now, without waiting. */
+static void kill_owned(struct task *t) {
+  while (t->owned) {
+    struct owned *o = t->owned;
+    sched_disown(o);
+    o->kill(o);
+  }
+}
+
+/* }==== */
 
 struct task *sched_current(const lua_State *L) {
   return (sched_state.current && sched_state.current->co == L) ? sched_state.current : NULL;
 }
 
 struct task *sched_owner(struct task *t) {
-  while (t && !(t->flags & (TF_TEST | TF_ROOT))) t = t->parent;
+  while (t && !(t->flags & (TF_OWNER | TF_ROOT))) t = t->parent;
   return t ? t : sched_state.root;
 }
 
@@ -497,7 +539,7 @@ void sched_grace_cb(struct timer *tm) {
   lua_pushvalue(sched_state.L, -3);
   lua_setfield(sched_state.L, -2, "grace_error");
   lua_pop(sched_state.L, 3);
-  if (t->flags & (TF_TEST | TF_ROOT)) proc_kill_owned(t);
+  kill_owned(t);
   interrupt(t);
   timer_start(&t->phase, 1.0, sched_grace_cb);
 }
@@ -529,7 +571,7 @@ void sched_abandon(struct task *t) {
           "atomlua: warning: abandoned task %s at %s (it kept running past its cleanup grace)\n",
           sched_task_name(sched_state.L, t), where ? where : "?");
   lua_pop(sched_state.L, 1);
-  if (t->flags & (TF_TEST | TF_ROOT)) proc_kill_owned(t);
+  kill_owned(t);
   lua_resetthread(t->co);
   lua_settop(t->co, 0);
   push_cancel_error(t->co, t, t->co);
@@ -710,8 +752,7 @@ static void preempt_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /* Preempt a resume running for over `ms` (from the preemption thread). */
-bool sched_preempt_if_running_longer(uint64_t ms);
-bool sched_preempt_if_running_longer(uint64_t ms) {
+static bool preempt_if_running_longer(uint64_t ms) {
   bool done = false;
   pthread_mutex_lock(&running_lock);
   if (running_co && uv_hrtime() - running_since > ms * 1000000ull) {
@@ -778,35 +819,18 @@ static void run_task(struct task *t) {
   }
 }
 
-/* The preemption thread: when a task has run for over 100 ms while a timer
- * is overdue (a deadline, a grace) or the run is being stopped, make it
- * yield from a count hook so the loop can fire what is due. Between
- * suspension points Lua code is otherwise never interrupted. */
-volatile bool sched_urgent;
-void (*volatile sched_watchdog_hook)(void); /* the CLI's hard-exit check */
-static void *preempt_main(void *arg) {
-  (void)arg;
-  for (;;) {
-    struct timespec ts = {0, 50 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-    if (sched_watchdog_hook) sched_watchdog_hook();
-    uint64_t due = timer_next_due();
-    bool overdue = due != UINT64_MAX && uv_hrtime() > due + 50 * 1000000ull;
-    if (overdue || sched_urgent) sched_preempt_if_running_longer(100);
-  }
-  return NULL;
-}
+/* Preemption (on watch.c's thread, every 50 ms): when a task has run for
+ * over 100 ms while a timer is overdue (a deadline, a grace) or the run is
+ * being stopped, make it yield from a count hook so the loop can fire what
+ * is due. Between suspension points Lua code is otherwise never
+ * interrupted. */
+static volatile bool urgent;
+void sched_set_urgent(void) { urgent = true; }
 
-static void preempt_thread_start(void) {
-  static bool started;
-  if (started) return;
-  started = true;
-  pthread_t th;
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 64 * 1024);
-  if (pthread_create(&th, &attr, preempt_main, NULL) == 0) pthread_detach(th);
-  pthread_attr_destroy(&attr);
+static void preempt_check(void) {
+  uint64_t due = timer_next_due();
+  bool overdue = due != UINT64_MAX && uv_hrtime() > due + 50 * 1000000ull;
+  if (overdue || urgent) preempt_if_running_longer(100);
 }
 
 static void drain(void) {
@@ -886,15 +910,15 @@ static void push_waiting_report(lua_State *L) {
   luaL_pushresult(&b);
 }
 
-/* Nothing can wake anyone: fail each running test with a deadlock error,
- * or the root when no test runs. */
+/* Nothing can wake anyone: fail each owner scope that runs (tests) with a
+ * deadlock error, or the root when none does. */
 static void break_deadlock(lua_State *L) {
   push_waiting_report(L);
   int msg = lua_gettop(L);
   int hit = 0;
   for (int pass = 0; pass < 2 && !hit; pass++) {
     for (struct task *t = sched_next_task(NULL); t; t = sched_next_task(t)) {
-      if (pass == 0 ? !(t->flags & TF_TEST) : t != sched_state.root) continue;
+      if (pass == 0 ? !(t->flags & TF_OWNER) : t != sched_state.root) continue;
       lua_pushvalue(L, msg);
       util_push_error(L, "deadlock", "%s", lua_tostring(L, -1));
       lua_remove(L, -2);
@@ -909,17 +933,15 @@ static void break_deadlock(lua_State *L) {
     sched_abandon(sched_state.root); /* nothing woke */
 }
 
-/* Call _atom[name]() if the build has it (end-of-run hooks of subsystems). */
-static void call_atom_fn(lua_State *L, const char *name) {
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "_atom");
-  lua_getfield(L, -1, name);
-  if (lua_isfunction(L, -1)) {
-    if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
-  } else {
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 2);
+/* Subsystems' end-of-run hooks (sched_on_run_end), in registration order. */
+static void (*run_end_hooks[16])(lua_State *L);
+static int run_end_count;
+
+void sched_on_run_end(void (*fn)(lua_State *L)) {
+  for (int i = 0; i < run_end_count; i++)
+    if (run_end_hooks[i] == fn) return;
+  if (run_end_count == (int)(sizeof run_end_hooks / sizeof *run_end_hooks)) abort(); /* a bug */
+  run_end_hooks[run_end_count++] = fn;
 }
 
 /* _atom.run(fn, ...) -> true, results... | false, error: runs fn as the root
@@ -930,8 +952,9 @@ int sched_run(lua_State *L) {
     return util_error(L, "usage", "atom.run cannot be called inside a task");
   lua_State *prev = sched_state.L;
   sched_state.L = L;
+  util_task_name_hook = push_current_name;
   handles_init();
-  preempt_thread_start();
+  watch_add(preempt_check);
   int nargs = lua_gettop(L) - 1;
   struct task *root = sched_task_new(L, NULL, nargs, TF_ROOT);
   lua_pushliteral(L, "main");
@@ -947,15 +970,7 @@ int sched_run(lua_State *L) {
   }
   sched_state.root = NULL;
   sched_state.L = prev;
-  /* No socket outlives the run; in module mode the port reservations end
-   * with atom.run, in the CLI with the process. */
-  call_atom_fn(L, "http_close");
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "_atom");
-  lua_getfield(L, -1, "cli");
-  bool cli = lua_toboolean(L, -1);
-  lua_pop(L, 3);
-  if (!cli) call_atom_fn(L, "ports_release");
+  for (int i = 0; i < run_end_count; i++) run_end_hooks[i](L);
   lua_pushboolean(L, root->status == T_DONE);
   lua_pushvalue(L, root_idx);
   lua_pushstring(L, sched_status_names[root->status]);

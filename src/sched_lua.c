@@ -146,7 +146,6 @@ static int l_task_join(lua_State *L) {
   struct joiner *j = sched_wait_alloc(L, me, sizeof *j);
   j->w.cancel = joiner_cancel;
   j->w.what = "t:join()";
-  j->w.blocks = true;
   j->target = t;
   j->next = t->joiners;
   t->joiners = j;
@@ -328,10 +327,11 @@ static int l_rename(lua_State *L) {
   return 0;
 }
 
-/* The nearest test among the current task and its ancestors: its name. */
-static int l_in_test(lua_State *L) {
+/* _atom.owner_scope() -> the name of the nearest owner scope below the root
+ * (TF_OWNER: the runner's tests) among the current task and its ancestors. */
+static int l_owner_scope(lua_State *L) {
   for (struct task *t = sched_state.current; t; t = t->parent)
-    if (t->flags & TF_TEST) {
+    if (t->flags & TF_OWNER) {
       sched_task_name(L, t);
       return 1;
     }
@@ -348,7 +348,7 @@ static int l_owner(lua_State *L) {
 
 static int l_is_owner(lua_State *L) {
   struct task *t = sched_current(L);
-  lua_pushboolean(L, t && (t->flags & (TF_TEST | TF_ROOT)));
+  lua_pushboolean(L, t && (t->flags & (TF_OWNER | TF_ROOT)));
   return 1;
 }
 
@@ -381,7 +381,7 @@ static int push_end_info(lua_State *L, struct task *t) {
   sched_push_ud(L, t);
   lua_getiuservalue(L, -1, UV_EXTRA);
   lua_remove(L, -2);
-  lua_pushboolean(L, (t->flags & (TF_TEST | TF_ROOT)) != 0);
+  lua_pushboolean(L, (t->flags & (TF_OWNER | TF_ROOT)) != 0);
   return 2;
 }
 
@@ -454,16 +454,14 @@ static int l_park_token(lua_State *L) {
   return 2;
 }
 
-/* _atom.park(fname, what, timeout, blocks) -> values given to unpark */
+/* _atom.park(fname, what, timeout) -> values given to unpark */
 static int l_park(lua_State *L) {
   const char *fname = luaL_checkstring(L, 1);
   const char *what = luaL_checkstring(L, 2);
   double timeout = luaL_optnumber(L, 3, -1);
-  bool blocks = lua_toboolean(L, 4);
   struct task *t = sched_enter(L, fname);
   t->park_seq++;
   struct wait *w = sched_own_wait(t, "park", false);
-  w->blocks = blocks;
   lua_pushstring(L, what);
   lua_replace(L, 2);
   lua_settop(L, 2);
@@ -507,8 +505,6 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "handles");
   lua_pushinteger(L, util_live_refs());
   lua_setfield(L, -2, "refs");
-  lua_pushinteger(L, proc_live_children());
-  lua_setfield(L, -2, "children");
   lua_pushinteger(L, timer_count());
   lua_setfield(L, -2, "timers");
   return 1;
@@ -519,8 +515,8 @@ static void push_task_info(lua_State *L, struct task *t) {
   lua_createtable(L, 0, 5);
   sched_task_name(L, t);
   lua_setfield(L, -2, "name");
-  lua_pushboolean(L, (t->flags & TF_TEST) != 0);
-  lua_setfield(L, -2, "test");
+  lua_pushboolean(L, (t->flags & TF_OWNER) != 0);
+  lua_setfield(L, -2, "owner");
   sched_push_desc(L, t);
   lua_setfield(L, -2, "waiting");
   lua_pushnumber(L, t->wait_since);
@@ -614,7 +610,7 @@ void sched_register(lua_State *L) {
                                  {"current", l_current},
                                  {"task_name", l_task_name},
                                  {"rename", l_rename},
-                                 {"in_test", l_in_test},
+                                 {"owner_scope", l_owner_scope},
                                  {"is_owner", l_is_owner},
                                  {"owner", l_owner},
                                  {"extra", l_extra},

@@ -12,7 +12,8 @@ enum { UV_THREAD = 1, UV_NAME, UV_DESC, UV_CANCEL, UV_EXTRA, UV_GROUP, UV_COUNT 
 enum status { T_NEW, T_RUNNING, T_DONE, T_FAILED, T_CANCELLED };
 extern const char *const sched_status_names[]; /* by enum status */
 
-enum { TF_SHIELD = 1, TF_TEST = 2, TF_ROOT = 4 };
+/* TF_OWNER: an owner scope (the runner marks tests so); the root is one too. */
+enum { TF_SHIELD = 1, TF_OWNER = 2, TF_ROOT = 4 };
 
 struct group;
 
@@ -46,7 +47,7 @@ struct task {
   int go_count;
   int name_n; /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
   bool name_go;
-  void *procs; /* the proc module's list head */
+  struct owned *owned; /* what subsystems registered on this owner (sched_own) */
 };
 
 struct group {

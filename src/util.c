@@ -36,6 +36,10 @@ const char *util_where(lua_State *L, char *buf, size_t size) {
   return buf;
 }
 
+/* Set by the scheduler, which sits above this file: pushes the name of the
+ * task running in L and returns true, or pushes nothing and returns false. */
+bool (*util_task_name_hook)(lua_State *L);
+
 static void push_error_v(lua_State *L, const char *kind, const char *fmt, va_list ap) {
   lua_createtable(L, 0, 5);
   lua_pushstring(L, kind);
@@ -47,11 +51,7 @@ static void push_error_v(lua_State *L, const char *kind, const char *fmt, va_lis
     lua_pushstring(L, buf);
     lua_setfield(L, -2, "where");
   }
-  struct task *t = sched_current(L);
-  if (t) {
-    sched_task_name(L, t);
-    lua_setfield(L, -2, "task");
-  }
+  if (util_task_name_hook && util_task_name_hook(L)) lua_setfield(L, -2, "task");
   luaL_getmetatable(L, "atom.error");
   lua_setmetatable(L, -2);
   /* The traceback while the stack is still there (cancellations carry only

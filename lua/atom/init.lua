@@ -96,7 +96,12 @@ local atom = {
   work = _atom.work, linearizable = linearizable,
   run_dir = run_dir, mkdir = mkdir, emit = emit, owner = owner, signum = signum,
   isolated = _atom.isolated(),
-  _stats = _atom.stats,
+  -- tasks, handles, refs and timers from the scheduler; children from processes
+  _stats = function()
+    local s = _atom.stats()
+    s.children = _atom.proc_children()
+    return s
+  end,
 }
 
 -- Topic modules load on first use, so a scenario pays only for what it

@@ -402,7 +402,7 @@ local function start(argv, o, name, log, again, header_always)
   if log and (again or header_always) then
     c:log_raw(format("--- atomlua: %s pid %d: %s\n", name, p.pid, quote_argv(argv)))
   end
-  if owner and _atom.in_test() then
+  if owner and _atom.owner_scope() then
     local list = by_owner[owner]
     if not list then
       list = {}

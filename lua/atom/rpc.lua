@@ -140,7 +140,7 @@ local last_request, last_reply
 local function with_event(url, method, fn, ...)
   -- Without --events, rpc events serve only a failed test's "last RPC":
   -- outside tests nobody reads them, so none is built.
-  if not events.active("rpc") or (events.wanted and not _atom.in_test()) then return fn(...) end
+  if not events.active("rpc") or (events.wanted and not _atom.owner_scope()) then return fn(...) end
   local t0 = now()
   last_request, last_reply = nil, nil
   local res = table.pack(pcall(fn, ...))

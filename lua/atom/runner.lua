@@ -62,7 +62,7 @@ M.failure_fields = failure_fields
 -- Returns the task's status and first value, whether it timed out, the task.
 local function run_test_task(name, fn, timeout)
   local g = _atom.group()
-  local t = _atom.spawn(g, name, sched.TEST, nil, fn)
+  local t = _atom.spawn(g, name, sched.OWNER, nil, fn)
   if timeout then
     _atom.spawn(g, name .. " (timeout)", 0, nil, function() _atom.sleep(timeout) end)
   end
@@ -93,7 +93,7 @@ function M.test(name, fn, opts)
   if type(opts) == "number" then timeout = opts
   elseif type(opts) == "table" then timeout = opts.timeout
   elseif opts ~= nil then errors.checktype(3, "test", opts, "number|table") end
-  local outer = _atom.in_test()
+  local outer = _atom.owner_scope()
   if outer then errors.raise("usage", ("atom.test cannot be nested (inside test %q)"):format(outer)) end
   if M.filter and not name:find(M.filter, 1, true) then return nil end
   M.matched = true
@@ -138,7 +138,7 @@ end
 function M.skip(name, reason)
   errors.checktype(1, "skip", name, "string")
   errors.checktype(2, "skip", reason, "string", true)
-  if _atom.in_test() then errors.raise("usage", "atom.skip cannot be called inside a running test") end
+  if _atom.owner_scope() then errors.raise("usage", "atom.skip cannot be called inside a running test") end
   if M.filter and not name:find(M.filter, 1, true) then return nil end
   M.matched = true
   counts.skipped = counts.skipped + 1

@@ -55,7 +55,7 @@ local function start_live()
     local tests = {}
     for name in pairs(evidence.running) do tests[#tests + 1] = name end
     table.sort(tests)
-    forward({ type = "_tick", elapsed = _atom.now(), tests = tests, procs = _atom.stats().children })
+    forward({ type = "_tick", elapsed = _atom.now(), tests = tests, procs = _atom.proc_children() })
   end
 end
 

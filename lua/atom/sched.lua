@@ -7,8 +7,10 @@ local errors = require "atom.errors"
 require "atom.task"
 
 local M = {}
-local SHIELD, TEST = 1, 2
-M.SHIELD, M.TEST = SHIELD, TEST
+-- Task flags of _atom.spawn: a shield; an owner scope (the runner's tests
+-- own their processes; the scheduler knows them only as owner scopes).
+local SHIELD, OWNER = 1, 2
+M.SHIELD, M.OWNER = SHIELD, OWNER
 
 local spawn, group, group_next, group_cancel = _atom.spawn, _atom.group, _atom.group_next, _atom.group_cancel
 local checkpoint, task_name, result = _atom.checkpoint, _atom.task_name, _atom.result

@@ -3,7 +3,6 @@ local M = {
   run_dir = nil,    -- the run directory (SPEC §1), created on demand
   file_dir = nil,   -- this scenario file's directory inside it (== run_dir with one file)
   file = nil,       -- the scenario file being run
-  mode = "cli",     -- "cli" or "module"
   verbose = 0,      -- -v: 1, -q: -1
   grace = 10,       -- the cleanup grace (--grace)
 }

@@ -59,7 +59,7 @@ function Channel:send(v, opts)
   if buf.last - buf.first + 1 < self.cap then push(buf, v); return end
   local t, tok = park_token()
   push(self.sendq, { t, tok, v })
-  local ok = park("ch:send", "ch:send()", timeout, true)
+  local ok = park("ch:send", "ch:send()", timeout)
   if ok == false then errors.raise("io", "send on a closed channel", { cause = "closed" }) end
 end
 
@@ -85,7 +85,7 @@ function Channel:recv(opts)
   if self.closed then return nil end
   local t, tok = park_token()
   push(self.recvq, { t, tok })
-  return park("ch:recv", "ch:recv()", timeout, true)
+  return park("ch:recv", "ch:recv()", timeout)
 end
 
 function Channel:close()
@@ -120,7 +120,7 @@ function Event:wait(opts)
   if self.set_ then return end
   local t, tok = park_token()
   push(self.q, { t, tok })
-  park("ev:wait", "ev:wait()", timeout, true)
+  park("ev:wait", "ev:wait()", timeout)
 end
 
 ---------------------------------------------------------------- semaphore
@@ -144,7 +144,7 @@ function Semaphore:acquire(opts)
   end
   local t, tok = park_token()
   push(self.q, { t, tok })
-  park("s:acquire", "s:acquire()", timeout, true) -- the releaser handed its permit over
+  park("s:acquire", "s:acquire()", timeout) -- the releaser handed its permit over
 end
 
 function Semaphore:release()

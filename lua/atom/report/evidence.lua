@@ -91,7 +91,7 @@ end
 --- the test the caller runs in, or for the scenario outside tests.
 ---@param prefix string e.g. "t/" for the children of task "t"
 function M.note_cancelling(prefix)
-  local key = _atom.in_test() or M.SCENARIO
+  local key = _atom.owner_scope() or M.SCENARIO
   local now = _atom.now()
   -- the caller's descendants, and only as many as can be noted: a gather of
   -- 10,000 tasks must not pay for 10,000 names and places
@@ -115,7 +115,7 @@ end
 --- (atom.rpc decides); otherwise the method, URL and outcome are shown.
 ---@param ev table an rpc event
 function M.on_rpc(ev)
-  local test = _atom.in_test()
+  local test = _atom.owner_scope()
   if not test then return end
   local response = ev._response
   if response == nil then
