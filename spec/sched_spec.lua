@@ -9,7 +9,7 @@ local U = 0.02 -- time unit: tests check order and causality, not durations
 local function kind(e) return type(e) == "table" and e.kind or nil end
 
 describe("tasks", function()
-  it("sleep suspends only the caller; now advances", function()
+  it("invariant 1: sleep suspends only the caller (resumed from the ready queue); now advances", function()
     local order = {}
     run(function()
       local t0 = atom.now()
@@ -68,7 +68,7 @@ describe("tasks", function()
     assert.is_true(pos["all good"] > pos["node 5 first sleep done"])
   end)
 
-  it("gather waits until cancelled siblings have unwound before raising", function()
+  it("invariant 4: gather waits until cancelled siblings have unwound before raising", function()
     local cleaned = false
     run(function()
       local ok = pcall(atom.gather,
@@ -152,7 +152,7 @@ describe("tasks", function()
     end)
   end)
 
-  it("shield is not reached by the caller's cancellation; it is raised afterwards", function()
+  it("invariant 6: shield is not reached by the caller's cancellation; it is raised afterwards", function()
     local done, after = false, false
     run(function()
       local ok, err = pcall(atom.timeout, U, function()
@@ -189,7 +189,7 @@ describe("tasks", function()
     end)
   end)
 
-  it("a task cancelled before it starts never runs", function()
+  it("invariant 7: a task cancelled before it starts never runs", function()
     local ran = false
     run(function()
       local t = atom.go(function() ran = true end)
@@ -216,7 +216,7 @@ describe("tasks", function()
     assert.matches("child failed", tostring(err))
   end)
 
-  it("a later join of a failed child raises the same error", function()
+  it("invariant 8: a later join of a failed child raises the same error", function()
     local ok0, e0 = pcall(run, function()
       local t = atom.go(function() error("same") end)
       local ok = pcall(atom.sleep, 1) -- cancelled by the child's failure
@@ -229,7 +229,7 @@ describe("tasks", function()
     assert.matches("same", tostring(e0))
   end)
 
-  it("cancellation is level-triggered: the next suspension raises it again", function()
+  it("invariant 5: cancellation is level-triggered: the next suspension raises it again", function()
     local raised = 0
     run(function()
       local t = atom.go(function()
@@ -315,7 +315,7 @@ describe("tasks", function()
     assert.equals(5, swallowed)
   end)
 
-  it("a task that swallows cancellation forever is abandoned after its grace", function()
+  it("invariant 2: a task that swallows cancellation forever is abandoned after its grace, its wait ended once", function()
     local ok, err = pcall(run, function()
       local t = atom.go(function()
         atom.defer { function() end, grace = 0.05 }
@@ -456,7 +456,7 @@ describe("tasks", function()
     end)
   end)
 
-  it("stress: 10,000 tasks with random sleeps and cancels all complete and leave nothing #stress", function()
+  it("invariant 3: 10,000 tasks with random sleeps and cancels all complete and leave no ref, task or handle #stress", function()
     run(function()
       math.randomseed(42)
       local tasks = {}

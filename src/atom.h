@@ -31,6 +31,8 @@ extern bool runtime_cli;     /* the atomlua binary (true) or module mode */
 int runtime_open(lua_State *L, bool cli);
 /* Closes every handle still open on the loop and runs it until they are gone. */
 void runtime_close_handles(void);
+void runtime_init_loop(void);           /* the loop exists (the CLI makes it before any Lua) */
+void util_register_extra(lua_State *L); /* lualib.c's own _atom functions (mkdir_p, rm_rf, ...) */
 
 /* }==== */
 
@@ -137,6 +139,11 @@ void sched_on_run_end(void (*fn)(lua_State *L));
  * even when no timer is overdue. Safe from any thread. */
 void sched_set_urgent(void);
 
+void sched_shutdown(void);     /* close the scheduler's handles (runtime_close_handles) */
+void sched_reset(void);        /* a file state closes: forget its references */
+void sched_abandon_root(void); /* the run's grace has passed: abandon what still runs */
+int sched_open_handles(void);  /* handles keeping the loop alive (leak checks) */
+
 /* Called by the CLI when the run must stop (timeout, signal): cancel the root
  * with this message. */
 void sched_cancel_root(lua_State *L, const char *message);
@@ -184,6 +191,7 @@ void http_register(lua_State *L);
 void net_register(lua_State *L);
 void json_register(lua_State *L);
 void bytes_register(lua_State *L);
+void ports_register(lua_State *L); /* from net_register */
 void rawpipe_register(lua_State *L);
 void ws_register(lua_State *L);
 void hstream_register(lua_State *L);

@@ -23,8 +23,6 @@ uv_loop_t *atom_loop;
 static uv_loop_t loop_storage;
 
 LUALIB_API int luaopen_luv(lua_State *L);
-void sched_shutdown(void);
-void util_register_extra(lua_State *L);
 
 /* Load module `i` of the embedded list, or from $ATOMLUA_PATH/<path> during
  * development, with the chunk name of its source path. */
@@ -86,7 +84,6 @@ static void loop_init(void) {
   atom_loop = &loop_storage;
 }
 
-void runtime_init_loop(void);
 void runtime_init_loop(void) { loop_init(); }
 
 /* `require "luv"`: luv on our loop with our callback handler, both set
@@ -240,7 +237,6 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
-void util_register_extra(lua_State *L);
 void util_register_extra(lua_State *L) {
   lua_pushcfunction(L, l_rm_rf);
   lua_setfield(L, -2, "rm_rf");

@@ -15,11 +15,6 @@
 #include "atom.h"
 #include "proc.h"
 
-void sched_reset(void);
-void sched_abandon_root(void);
-int sched_open_handles(void);
-
-void runtime_init_loop(void);
 static lua_State *control;          /* runs cli.lua and the reporters */
 static lua_State *file_state;       /* the scenario file's state, while it runs */
 static int forward_ref = LUA_NOREF; /* control's function receiving events */

@@ -676,8 +676,6 @@ static int l_wait_port(lua_State *L) {
 
 /* }==== */
 
-void ports_register(lua_State *L);
-
 void net_register(lua_State *L) {
   if (luaL_newmetatable(L, STREAM_MT)) {
     static const luaL_Reg methods[] = {{"read", l_stream_read},

@@ -118,7 +118,6 @@ static void ports_run_end(lua_State *L) {
   memset(P.given, 0, sizeof P.given);
 }
 
-void ports_register(lua_State *L);
 void ports_register(lua_State *L) {
   lua_pushcfunction(L, l_free_port);
   lua_setfield(L, -2, "free_port");

@@ -179,7 +179,7 @@ struct wreq { /* queued bytes for stdin */
 };
 
 struct rpipe { /* out[0] stdout, out[1] stderr */
-  int fd;       /* -1 once closed */
+  int fd;      /* -1 once closed */
 };
 
 struct ownstop; /* proclua.c: the owner's wait in proc_stop_owned */
@@ -208,8 +208,8 @@ struct proc {
   struct timer eof_timer, grace_timer, group_timer, tick;
   struct outbuf ob;
   struct pwait *waiters;
-  struct owned own; /* in its owner scope's list (sched_own); own.owner */
-  struct proc *gnext, *gprev; /* every unreleased process */
+  struct owned own;                   /* in its owner scope's list (sched_own); own.owner */
+  struct proc *gnext, *gprev;         /* every unreleased process */
   void (*on_stopped)(struct proc *p); /* once, when a stop has finished (proclua.c) */
   struct ownstop *os;                 /* the owner's stop waiting for it (proclua.c) */
   int os_idx;

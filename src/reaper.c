@@ -246,8 +246,10 @@ void reaper_add(pid_t pgid, int pidfd) {
   if (ngroups < capgroups) {
     groups[ngroups++] = (struct rgroup){pgid, pidfd};
   } else { /* out of memory: the reaper still hears of it, only a restart would not */
-    fprintf(stderr, "atomlua: warning: out of memory: process group %d is not re-registered "
-                    "if the reaper has to be restarted\n", (int)pgid);
+    fprintf(stderr,
+            "atomlua: warning: out of memory: process group %d is not re-registered "
+            "if the reaper has to be restarted\n",
+            (int)pgid);
   }
   if (rpid == 0) /* the first spawn starts the reaper, which learns every group */
     restart();

@@ -128,7 +128,9 @@ void sched_disown(struct owned *o) {
   o->owner = NULL;
 }
 
-struct owned *sched_owned(struct task *t) { return t->owned; }
+struct owned *sched_owned(struct task *t) {
+  return t->owned;
+}
 
 /* The owner's grace has passed: end what it owns now, without waiting. */
 static void kill_owned(struct task *t) {
@@ -867,7 +869,6 @@ static void handles_init(void) {
   if (sched_state.ready_head) uv_idle_start(&sched_state.idle, idle_cb);
 }
 
-void sched_shutdown(void);
 void sched_shutdown(void) {
   if (!sched_state.handles_ready) return;
   uv_close((uv_handle_t *)&sched_state.idle, NULL);
@@ -988,7 +989,6 @@ static void count_handle_cb(uv_handle_t *h, void *arg) {
     count_handles_cb_n++;
 }
 
-int sched_open_handles(void);
 int sched_open_handles(void) {
   count_handles_cb_n = 0;
   uv_walk(atom_loop, count_handle_cb, NULL);
@@ -997,7 +997,6 @@ int sched_open_handles(void) {
 
 /* Forget the state's references when its lua_State closes (one state per
  * scenario file). */
-void sched_reset(void);
 void sched_reset(void) {
   sched_state.handler_ref = sched_state.finish_ref = LUA_NOREF;
   sched_state.root = NULL;
@@ -1009,7 +1008,6 @@ void sched_reset(void) {
 /* }==== */
 
 /* The run's grace has passed (--timeout or a signal): abandon what still runs. */
-void sched_abandon_root(void);
 void sched_abandon_root(void) {
   if (sched_state.root && sched_state.root->status < T_DONE) sched_abandon(sched_state.root);
 }

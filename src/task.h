@@ -95,7 +95,6 @@ void sched_abandon(struct task *t);
 int sched_push_outcome(lua_State *L, struct task *t);
 int sched_run(lua_State *L);
 void sched_push_desc(lua_State *L, struct task *t); /* what t waits for */
-int sched_open_handles(void);
-struct task *sched_next_task(struct task *t); /* preorder walk of unfinished tasks */
+struct task *sched_next_task(struct task *t);       /* preorder walk of unfinished tasks */
 
 #endif
