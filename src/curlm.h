@@ -37,6 +37,7 @@ extern struct curl_api cu;
  * left the multi handle), never for a transfer taken back by curlm_remove. */
 struct xfer {
   void (*done)(struct xfer *x, CURLcode rc);
+  int open_errno; /* errno of a socket() that failed for it (EMFILE...), else 0 */
 };
 
 /* dlopen libcurl.so.4 and curl_global_init on first use, then make the multi
