@@ -160,9 +160,9 @@ static void req_put(struct hreq *r) {
 
 /* {==== finishing a request ==== */
 
-/* The transport failure's `cause` (SPEC §3 rule 5). */
-static const char *cause_of(struct hreq *r, CURLcode rc) {
-  int e = r->x.open_errno;
+/* The transport failure's `cause` (SPEC §3 rule 5) of transfer x on e. */
+static const char *cause_of(CURL *easy, const struct xfer *x, CURLcode rc) {
+  int e = x->open_errno;
   if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
     return "resources"; /* socket() failed: no descriptor, not the peer's doing */
   long err = 0;
@@ -176,7 +176,7 @@ static const char *cause_of(struct hreq *r, CURLcode rc) {
     case CURLE_RECV_ERROR:
       /* curl also says RECV_ERROR for a reply it cannot decode (a bad
        * chunk): that is the peer breaking the protocol, not a reset. */
-      cu.easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &err);
+      cu.easy_getinfo(easy, CURLINFO_OS_ERRNO, &err);
       return err ? "reset" : "protocol";
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
@@ -282,7 +282,7 @@ static void req_done(struct xfer *x, CURLcode rc) {
                       strerror(r->x.open_errno));
     else
       util_push_error(co, "http", "%s: %s", r->desc, detail);
-    set_str(co, "cause", cause_of(r, rc));
+    set_str(co, "cause", cause_of(r->easy, &r->x, rc));
   }
   set_str(co, "url", r->url);
   set_str(co, "method", r->method);
@@ -491,7 +491,9 @@ void http_push_headers(lua_State *L, char *p, size_t len) {
   push_headers(L, &b);
 }
 
-const char *http_cause_of(CURLcode rc) { return cause_of(rc); }
+const char *http_cause_of(CURL *easy, const struct xfer *x, CURLcode rc) {
+  return cause_of(easy, x, rc);
+}
 
 /* Set up a fresh easy handle as http_perform does (headers checked first;
  * body used in place). Returns the header list to free after the transfer. */
