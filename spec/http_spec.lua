@@ -280,8 +280,10 @@ atom.test("emfile", function()
   print("cause " .. tostring(not ok and err.cause))
 end)
 ]]):format(py.url, py.url))
-    local out = io.popen(("ulimit -n 64 && %s run %s 2>&1; echo rc=$?"):format(cli.q(cli.bin),
-      cli.q(path))):read("a")
+    local pf = io.popen(("ulimit -n 64 && %s run %s 2>&1; echo rc=$?"):format(cli.q(cli.bin),
+      cli.q(path)))
+    local out = pf:read("a")
+    pf:close()
     os.remove(path)
     assert.matches("cause resources", out, 1, true)
     assert.matches("rc=0", out, 1, true)

@@ -129,7 +129,9 @@ end)
 describe("atom.free_port's lock file", function()
   local cli = require "support.cli"
   local q = cli.q
-  local is_root = io.popen("id -u"):read("l") == "0"
+  local id = io.popen("id -u")
+  local is_root = id:read("l") == "0"
+  id:close()
 
   local function sh(cmd)
     local p = io.popen(cmd .. " 2>&1")

@@ -237,8 +237,10 @@ atom.test("emfile", function()
     " refused " .. (causes.refused or 0))
 end)
 ]]):format(py.tcp))
-    local out = io.popen(("ulimit -n 64 && %s run %s 2>&1; echo rc=$?"):format(cli.q(cli.bin),
-      cli.q(path))):read("a")
+    local pf = io.popen(("ulimit -n 64 && %s run %s 2>&1; echo rc=$?"):format(cli.q(cli.bin),
+      cli.q(path)))
+    local out = pf:read("a")
+    pf:close()
     os.remove(path)
     assert.matches("rc=0", out, 1, true)
     local connected, resources, refused = out:match("connected (%d+) resources (%d+) refused (%d+)")
