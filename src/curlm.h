@@ -58,7 +58,7 @@ void curlm_close(void);
 /* http.c's request setup, shared with hstream.c (atom.http.stream). */
 struct lua_State;
 void http_push_headers(struct lua_State *L, char *p, size_t len);
-const char *http_cause_of(CURL *easy, const struct xfer *x, CURLcode rc);
+const char *http_cause_of(const struct xfer *x, const char *errbuf, CURLcode rc);
 struct curl_slist *http_setup(struct lua_State *L, CURL *e, int hidx, const char *method,
                               const char *url, const char *body, size_t blen, int flags,
                               const char *proxy, const char *fname);

@@ -160,12 +160,12 @@ static void req_put(struct hreq *r) {
 
 /* {==== finishing a request ==== */
 
-/* The transport failure's `cause` (SPEC §3 rule 5) of transfer x on e. */
-static const char *cause_of(CURL *easy, const struct xfer *x, CURLcode rc) {
+/* The transport failure's `cause` (SPEC §3 rule 5) of transfer x; errbuf
+ * is curl's message for it. */
+static const char *cause_of(const struct xfer *x, const char *errbuf, CURLcode rc) {
   int e = x->open_errno;
   if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
     return "resources"; /* socket() failed: no descriptor, not the peer's doing */
-  long err = 0;
   switch (rc) {
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
@@ -174,10 +174,9 @@ static const char *cause_of(CURL *easy, const struct xfer *x, CURLcode rc) {
       return "refused";
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
-      /* curl also says RECV_ERROR for a reply it cannot decode (a bad
-       * chunk): that is the peer breaking the protocol, not a reset. */
-      cu.easy_getinfo(easy, CURLINFO_OS_ERRNO, &err);
-      return err ? "reset" : "protocol";
+      /* curl also says RECV_ERROR for a chunked body it cannot decode
+       * ("... in chunked-encoding"): the peer broke the protocol. */
+      return strstr(errbuf, "chunked-encoding") ? "protocol" : "reset";
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
       return "eof";
@@ -282,7 +281,7 @@ static void req_done(struct xfer *x, CURLcode rc) {
                       strerror(r->x.open_errno));
     else
       util_push_error(co, "http", "%s: %s", r->desc, detail);
-    set_str(co, "cause", cause_of(r->easy, &r->x, rc));
+    set_str(co, "cause", cause_of(&r->x, r->errbuf, rc));
   }
   set_str(co, "url", r->url);
   set_str(co, "method", r->method);
@@ -491,8 +490,8 @@ void http_push_headers(lua_State *L, char *p, size_t len) {
   push_headers(L, &b);
 }
 
-const char *http_cause_of(CURL *easy, const struct xfer *x, CURLcode rc) {
-  return cause_of(easy, x, rc);
+const char *http_cause_of(const struct xfer *x, const char *errbuf, CURLcode rc) {
+  return cause_of(x, errbuf, rc);
 }
 
 /* Set up a fresh easy handle as http_perform does (headers checked first;
