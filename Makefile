@@ -1,6 +1,7 @@
 # atomlua — `make` builds build/atomlua (the CLI) and build/atom.so (the Lua module).
 # `make test` installs what is missing, builds and runs every test; `make check`
-# does the same with warnings as errors and ASan/UBSan; `make bench` benchmarks.
+# does the same with warnings as errors and ASan/UBSan, plus a short fuzzing
+# run; `make fuzz` fuzzes the decoders longer; `make bench` benchmarks.
 
 PKGS     := lua5.4-luv libuv lua5.4
 CC       ?= cc
@@ -24,7 +25,7 @@ SO_LIBS  := -llua5.4-luv -luv -lm -ldl -lpthread
 PREFIX   ?= /usr/local
 LUA_CMOD ?= $(PREFIX)/lib/lua/5.4
 
-.PHONY: all deps demo test test-long check bench lint clean install
+.PHONY: all deps demo test test-long check bench lint clean install fuzz fuzz-build
 all: $(BUILD)/atomlua $(BUILD)/atom.so
 
 HDRS     := $(wildcard src/*.h)
@@ -70,6 +71,43 @@ check: deps
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined $(CHECK_FLAGS)"
 	@ATOMLUA_SANITIZE=1 sh tools/run-tests.sh build/check
 	@ATOMLUA_SANITIZE=1 ATOMLUA_GC=aggressive BUSTED_EXTRA=--exclude-tags=stress sh tools/run-tests.sh build/check
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECS=30
+
+# libFuzzer harnesses (fuzz/) for the JSON and ITF decoders, built with clang,
+# ASan and UBSan over the whole runtime. `make fuzz` runs each for FUZZ_SECS
+# seconds from fuzz/seeds/ (new inputs go to build/fuzz/corpus/); a crash
+# leaves its input in build/fuzz/ and fails the target.
+FUZZ_SECS    ?= 300
+FUZZ_CC      := clang
+FUZZ_BUILD   := build/fuzz
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+                -fno-sanitize-recover=undefined
+FUZZ_NAMES   := json itf
+FUZZ_OBJS    := $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(SRCS)) $(FUZZ_BUILD)/obj/embed.o
+FUZZ_BINS    := $(patsubst %,$(FUZZ_BUILD)/%_fuzz,$(FUZZ_NAMES))
+.SECONDARY: $(FUZZ_OBJS)
+
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(HDRS) | $(FUZZ_BUILD)/obj
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(XCFLAGS) -c $< -o $@
+$(FUZZ_BUILD)/obj/embed.o: $(BUILD)/embed.c | $(FUZZ_BUILD)/obj
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(XCFLAGS) -c $< -o $@
+$(FUZZ_BUILD)/obj:
+	mkdir -p $@
+$(FUZZ_BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz_lua.h $(FUZZ_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(XCFLAGS) -o $@ $< $(FUZZ_OBJS) $(SO_LIBS) -llua5.4
+
+fuzz-build: deps $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@for n in $(FUZZ_NAMES); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$n && \
+	  echo "fuzz: $$n for $(FUZZ_SECS)s" && \
+	  ( cd $(FUZZ_BUILD) && ASAN_OPTIONS=detect_leaks=1 ./$${n}_fuzz -max_total_time=$(FUZZ_SECS) \
+	      -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
+	      corpus/$$n ../../fuzz/seeds/$$n >$${n}.log 2>&1 ) || \
+	  { tail -40 $(FUZZ_BUILD)/$${n}.log; exit 1; }; \
+	  grep -E '^stat::number_of_executed_units' $(FUZZ_BUILD)/$${n}.log; \
+	done
 
 bench: deps
 	@$(MAKE) --no-print-directory all

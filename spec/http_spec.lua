@@ -3,6 +3,7 @@
 package.cpath = (os.getenv("ATOMLUA_CPATH") or "./build/?.so") .. ";" .. package.cpath
 local atom = require "atom"
 local netfix = require "fixtures.netfix"
+local cli = require "support.cli"
 
 local py, ngx, tls, tls_dir
 local BIG = 10 * 1024 * 1024
@@ -248,6 +249,67 @@ describe("atom.http errors", function()
       assert.equal("reset", err_of(atom.http.get, py.url .. "/reset_mid").cause)
       -- Still fine afterwards.
       assert.equal("hello", atom.http.get(py.url .. "/hello").body)
+    end)
+  end)
+
+  it("raises cause protocol for a reply that is not HTTP or breaks chunking", function()
+    run(function()
+      local err = err_of(atom.http.get, py.url .. "/malformed")
+      assert.equal("http", err.kind)
+      assert.equal("protocol", err.cause)
+      err = err_of(atom.http.get, py.url .. "/bad_chunk")
+      assert.equal("http", err.kind)
+      assert.equal("protocol", err.cause)
+      -- An unknown scheme stays a usage error.
+      assert.equal("usage", err_of(atom.http.get, "nosuch://127.0.0.1/").kind)
+    end)
+  end)
+
+  it("reports running out of descriptors as cause resources (ulimit -n 64)", function()
+    local path = cli.scenario(([[
+atom.test("emfile", function()
+  pcall(atom.http.get, "%s/close_now") -- libcurl loaded, no connection kept
+  local held = {}
+  while true do -- use every descriptor
+    local f = io.open("/dev/null")
+    if not f then break end
+    held[#held + 1] = f
+  end
+  local ok, err = pcall(atom.http.get, "%s/hello", 10)
+  for _, f in ipairs(held) do f:close() end
+  print("cause " .. tostring(not ok and err.cause))
+end)
+]]):format(py.url, py.url))
+    local pf = io.popen(("ulimit -n 64 && %s run %s 2>&1; echo rc=$?"):format(cli.q(cli.bin),
+      cli.q(path)))
+    local out = pf:read("a")
+    pf:close()
+    os.remove(path)
+    assert.matches("cause resources", out, 1, true)
+    assert.matches("rc=0", out, 1, true)
+  end)
+
+  it("raises too_large for a body over max_body, aborting the transfer early", function()
+    run(function()
+      -- 2 GiB announced by Content-Length: over the default 256 MiB, refused at once.
+      local url = py.url .. "/huge?n=" .. (2 << 30) .. "&id=cl"
+      local err = err_of(atom.http.get, url, 30)
+      assert.equal("http", err.kind)
+      assert.equal("too_large", err.cause)
+      assert.matches("GET " .. url .. ": response body larger than 268435456 bytes", err.message, 1, true)
+      -- Chunked, no length known: stopped once max_body is passed.
+      url = py.url .. "/huge?n=" .. (2 << 30) .. "&id=chunked&chunked=1"
+      err = err_of(atom.http.get, url, { max_body = 1 << 20, timeout = 30 })
+      assert.equal("too_large", err.cause)
+      assert.matches("response body larger than 1048576 bytes", err.message, 1, true)
+      local sent = atom.json.decode(atom.http.get(py.url .. "/sent?id=chunked").body).sent
+      assert.is_true(sent < 64 << 20, "server sent " .. sent)
+      -- A body of exactly max_body passes.
+      local r = atom.http.request { url = py.url .. "/huge?n=1000&chunked=1", max_body = 1000 }
+      assert.equal(("x"):rep(1000), r.body)
+      assert.equal("too_large", err_of(atom.http.get, py.url .. "/big?n=1001", { max_body = 1000 }).cause)
+      assert.matches("field 'max_body' must be a non-negative integer",
+        err_of(atom.http.get, py.url, { max_body = -1 }).message, 1, true)
     end)
   end)
 

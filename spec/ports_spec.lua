@@ -123,3 +123,96 @@ describe("atom.free_port", function()
     assert.same(got, second)
   end)
 end)
+
+-- The lock file is the user's own (issue: any local user could make one of
+-- our files world-writable through a symlink, or lock every port for us).
+describe("atom.free_port's lock file", function()
+  local cli = require "support.cli"
+  local q = cli.q
+  local id = io.popen("id -u")
+  local is_root = id:read("l") == "0"
+  id:close()
+
+  local function sh(cmd)
+    local p = io.popen(cmd .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    return (out:gsub("%s+$", ""))
+  end
+
+  -- Run free_port in the atomlua binary; `prefix` goes before the command
+  -- (env settings, setpriv). Returns its output: "port N" or "error <cause>: <message>".
+  local function free_port(prefix, cwd)
+    local path = cli.scenario([[
+local ok, r = pcall(atom.free_port)
+if ok then print("port " .. r) else print("error " .. r.kind .. ": " .. r.message) end
+]])
+    os.execute("chmod 644 " .. q(path))
+    local tmp = not cwd and netfix.tmpdir()
+    cwd = cwd or tmp
+    local out = sh(("cd %s && %s %s run --workdir %s %s"):format(q(cwd), prefix, q(cli.bin),
+      q(cwd .. "/runs"), q(path)))
+    os.remove(path)
+    if tmp then os.execute("rm -rf " .. q(tmp)) end
+    return out:match("^[^\n]*")
+  end
+
+  it("never follows a symlink placed as the lock file", function()
+    local dir = netfix.tmpdir()
+    sh("mkdir " .. q(dir .. "/ports") .. " && echo secret > " .. q(dir .. "/victim") .. " && chmod 600 "
+      .. q(dir .. "/victim") .. " && ln -s ../victim " .. q(dir .. "/ports/ports.lock"))
+    local out = free_port("ATOMLUA_PORT_DIR=" .. q(dir .. "/ports"))
+    assert.matches("error io: free_port: cannot open " .. dir .. "/ports/ports.lock: it is a symbolic link",
+      out, 1, true)
+    assert.equal("600", sh("stat -c %a " .. q(dir .. "/victim")))
+    -- A dangling one does not create its target either.
+    sh("rm " .. q(dir .. "/ports/ports.lock") .. " && ln -s ../created " .. q(dir .. "/ports/ports.lock"))
+    assert.matches("error io:", free_port("ATOMLUA_PORT_DIR=" .. q(dir .. "/ports")), 1, true)
+    assert.equal("no", sh("test -e " .. q(dir .. "/created") .. " && echo yes || echo no"))
+    -- A FIFO is not a lock file.
+    sh("rm " .. q(dir .. "/ports/ports.lock") .. " && mkfifo " .. q(dir .. "/ports/ports.lock"))
+    assert.matches("ports.lock: not a regular file", free_port("ATOMLUA_PORT_DIR=" .. q(dir .. "/ports")), 1, true)
+    -- A directory writable by others must be sticky.
+    sh("rm " .. q(dir .. "/ports/ports.lock") .. " && chmod 777 " .. q(dir .. "/ports"))
+    assert.matches("is writable by others and not sticky",
+      free_port("ATOMLUA_PORT_DIR=" .. q(dir .. "/ports")), 1, true)
+    sh("chmod 1777 " .. q(dir .. "/ports"))
+    assert.matches("^port %d+$", free_port("ATOMLUA_PORT_DIR=" .. q(dir .. "/ports")))
+    assert.equal("600", sh("stat -c %a " .. q(dir .. "/ports/ports.lock")))
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  it("refuses a lock file of another user", function()
+    if not is_root then return pending("needs root to chown") end
+    local dir = netfix.tmpdir()
+    sh("mkdir -m 1777 " .. q(dir .. "/ports") .. " && touch " .. q(dir .. "/ports/ports.lock")
+      .. " && chown 65534 " .. q(dir .. "/ports/ports.lock") .. " && chmod 666 " .. q(dir .. "/ports/ports.lock"))
+    assert.matches("ports.lock: it belongs to another user",
+      free_port("ATOMLUA_PORT_DIR=" .. q(dir .. "/ports")), 1, true)
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  it("uses /tmp/atomlua-ports-<uid>, made 0700, and refuses one that is not safe", function()
+    if not is_root then return pending("needs root to run as another user") end
+    local uid = 61000 + math.random(0, 999)
+    local pdir = "/tmp/atomlua-ports-" .. uid
+    local home = netfix.tmpdir()
+    sh("chmod 755 " .. q(home) .. " && chown " .. uid .. " " .. q(home) .. " && rm -rf " .. q(pdir))
+    local as = "env -u ATOMLUA_PORT_DIR setpriv --reuid=" .. uid .. " --regid=" .. uid .. " --clear-groups"
+    assert.matches("^port %d+$", free_port(as, home))
+    assert.equal("700 " .. uid, sh("stat -c '%a %u' " .. pdir))
+    assert.equal("600 " .. uid, sh("stat -c '%a %u' " .. pdir .. "/ports.lock"))
+    -- Too open.
+    sh("chmod 755 " .. pdir)
+    assert.matches("has mode 755; it must be accessible to its owner only",
+      free_port(as, home), 1, true)
+    -- Someone else's (made first by another user).
+    sh("rm -rf " .. pdir .. " && mkdir -m 755 " .. pdir)
+    assert.matches("belongs to uid 0, not to this user", free_port(as, home), 1, true)
+    -- A symlink to a directory of the right user and mode.
+    sh("rm -rf " .. pdir .. " && mkdir -m 700 " .. q(home .. "/d") .. " && chown " .. uid .. " "
+      .. q(home .. "/d") .. " && ln -s " .. q(home .. "/d") .. " " .. pdir)
+    assert.matches("cannot open directory " .. pdir .. ": it is a symbolic link", free_port(as, home), 1, true)
+    sh("rm -rf " .. pdir .. " " .. q(home))
+  end)
+end)

@@ -3,6 +3,7 @@
 package.cpath = (os.getenv("ATOMLUA_CPATH") or "./build/?.so") .. ";" .. package.cpath
 local atom = require "atom"
 local netfix = require "fixtures.netfix"
+local cli = require "support.cli"
 
 local py
 local H = "127.0.0.1"
@@ -140,6 +141,52 @@ describe("atom.tcp streams", function()
   end)
 end)
 
+describe("read_line's longest line", function()
+  it("raises io too_large after 1 MiB without a newline, keeping memory bounded", function()
+    run(function()
+      -- 8 MiB come, then nothing: without a limit this read would wait it out.
+      local s <close> = open("FLOOD " .. (8 << 20))
+      local err = err_of(s.read_line, s, 5)
+      assert.equal("io", err.kind)
+      assert.equal("too_large", err.cause)
+      assert.matches("line longer than 1048576 bytes", err.message, 1, true)
+      -- The bytes stay buffered: read can still take them.
+      assert.equal(("x"):rep(10), s:read(10))
+    end)
+  end)
+
+  it("takes max_line from read_line's options or the connect options", function()
+    run(function()
+      local s <close> = open("ECHO")
+      s:write(("a"):rep(10) .. "\r\n" .. ("b"):rep(11) .. "\n")
+      assert.equal(("a"):rep(10), s:read_line({ max_line = 10 }))
+      local err = err_of(s.read_line, s, { max_line = 10, timeout = 10 })
+      assert.equal("too_large", err.cause)
+      assert.equal(("b"):rep(11), s:read_line()) -- the default limit takes it
+      local s2 <close> = atom.tcp.connect(H, py.tcp, { max_line = 4 })
+      s2:write("ECHO\n12345")
+      assert.equal("too_large", err_of(s2.read_line, s2, 10).cause)
+      s2:write("\n1234\n")
+      assert.equal("12345", s2:read(5))
+      assert.equal("", s2:read_line())
+      assert.equal("1234", s2:read_line())
+      assert.matches("bad argument #1 to 'read_line' (field 'max_line' must be a positive integer)",
+        err_of(s.read_line, s, { max_line = 0 }).message, 1, true)
+      assert.matches("bad argument #3 to 'connect' (field 'max_line' must be a positive integer)",
+        err_of(atom.tcp.connect, H, py.tcp, { max_line = 1.5 }).message, 1, true)
+    end)
+  end)
+
+  it("applies to a last line that ends at EOF", function()
+    run(function()
+      local s <close> = open("SEND 300 CLOSE")
+      assert.equal(pattern(10), s:read_line()) -- the pattern's byte 10 is "\n"
+      local err = err_of(s.read_line, s, { max_line = 100 })
+      assert.equal("too_large", err.cause)
+    end)
+  end)
+end)
+
 describe("atom.tcp.connect errors", function()
   it("raises io refused and io dns", function()
     run(function()
@@ -153,6 +200,54 @@ describe("atom.tcp.connect errors", function()
       assert.equal("io", err.kind)
       assert.equal("dns", err.cause)
     end)
+  end)
+
+  it("raises io when the connect fails at once (broadcast, multicast), not SIGSEGV", function()
+    run(function()
+      for _, host in ipairs({ "255.255.255.255", "224.0.0.1" }) do
+        local err = err_of(atom.tcp.connect, host, 80, 5)
+        assert.equal("io", err.kind)
+        assert.equal("refused", err.cause)
+        assert.matches("^connect " .. host:gsub("%.", "%%.") .. ":80: ", err.message)
+      end
+      -- wait_port keeps trying such an address until its timeout.
+      assert.equal("timeout", err_of(atom.wait_port, "255.255.255.255", 80, 0.1).kind)
+    end)
+  end)
+
+  it("reports running out of descriptors as cause resources (ulimit -n 64, 200 connects)", function()
+    local path = cli.scenario(([[
+atom.test("emfile", function()
+  local ts, causes = {}, {}
+  for i = 1, 200 do
+    ts[i] = atom.go(function()
+      local ok, s = pcall(atom.tcp.connect, "127.0.0.1", %d, 10)
+      if ok then return s end
+      assert(s.kind == "io", tostring(s))
+      return s.cause
+    end)
+  end
+  local streams = {}
+  for i = 1, 200 do
+    local r = ts[i]:join()
+    if type(r) == "string" then causes[r] = (causes[r] or 0) + 1 else streams[#streams + 1] = r end
+  end
+  for _, s in ipairs(streams) do s:close() end
+  print("connected " .. #streams .. " resources " .. (causes.resources or 0) ..
+    " refused " .. (causes.refused or 0))
+end)
+]]):format(py.tcp))
+    local pf = io.popen(("ulimit -n 64 && %s run %s 2>&1; echo rc=$?"):format(cli.q(cli.bin),
+      cli.q(path)))
+    local out = pf:read("a")
+    pf:close()
+    os.remove(path)
+    assert.matches("rc=0", out, 1, true)
+    local connected, resources, refused = out:match("connected (%d+) resources (%d+) refused (%d+)")
+    assert(connected, out)
+    assert.is_true(tonumber(connected) > 0)
+    assert.is_true(tonumber(resources) > 0)
+    assert.equal("0", refused)
   end)
 
   it("tries every address of a name", function()

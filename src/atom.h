@@ -183,6 +183,17 @@ double util_now(void); /* seconds since the run began (uv_hrtime) */
 
 /* }==== */
 
+/* {==== memory of the CLI's scenario file states (mem.c) ==== */
+
+/* A Lua state on the counting allocator (limit: $ATOMLUA_MEM_LIMIT). */
+lua_State *mem_newstate(void);
+/* True once an allocation of that state failed for good (a reserve was
+ * released so that the file can still end and report). */
+bool mem_exhausted(void);
+bool mem_take_exhausted(void); /* the same, true only the first time */
+
+/* }==== */
+
 /* {==== subsystems: each adds its functions to the `_atom` table on top ==== */
 
 void sched_register(lua_State *L);

@@ -19,6 +19,7 @@
 #include "curlm.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,13 +210,18 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
  * our connections open (a cancelled request's server would not see them
  * close). Opening them here also tells us each socket's whole life. */
 static curl_socket_t sock_open_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
-  (void)clientp, (void)purpose;
+  (void)purpose;
+  struct xfer *x = clientp; /* curl reports only "could not connect": keep errno */
   curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-  if (fd < 0) return CURL_SOCKET_BAD;
+  if (fd < 0) {
+    if (x) x->open_errno = errno;
+    return CURL_SOCKET_BAD;
+  }
   struct sock *stale = sock_get(fd);
   if (stale) sock_drop(stale); /* that number was closed behind our back */
   if (!sock_new(fd, true)) {
     close(fd);
+    if (x) x->open_errno = ENOMEM;
     return CURL_SOCKET_BAD;
   }
   return fd;
@@ -284,6 +290,8 @@ CURL *curlm_easy_new(void) {
 
 CURLMcode curlm_add(CURL *e, struct xfer *x) {
   cu.easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
+  x->open_errno = 0;
+  cu.easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)x);
   CURLMcode rc = cu.multi_add_handle(M.multi, e);
   if (rc != CURLM_OK) return rc;
   if (++M.in_flight > M.peak) {

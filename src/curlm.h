@@ -37,6 +37,7 @@ extern struct curl_api cu;
  * left the multi handle), never for a transfer taken back by curlm_remove. */
 struct xfer {
   void (*done)(struct xfer *x, CURLcode rc);
+  int open_errno; /* errno of a socket() that failed for it (EMFILE...), else 0 */
 };
 
 /* dlopen libcurl.so.4 and curl_global_init on first use, then make the multi
@@ -57,7 +58,7 @@ void curlm_close(void);
 /* http.c's request setup, shared with hstream.c (atom.http.stream). */
 struct lua_State;
 void http_push_headers(struct lua_State *L, char *p, size_t len);
-const char *http_cause_of(CURLcode rc);
+const char *http_cause_of(const struct xfer *x, const char *errbuf, CURLcode rc);
 struct curl_slist *http_setup(struct lua_State *L, CURL *e, int hidx, const char *method,
                               const char *url, const char *body, size_t blen, int flags,
                               const char *proxy, const char *fname);

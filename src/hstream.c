@@ -67,7 +67,7 @@ static void push_failure(lua_State *L, struct hs *h, struct task *task) {
     util_push_error(L, "timeout", "%s timed out (%s)", h->desc, detail);
   } else {
     util_push_error(L, "http", "%s: %s", h->desc, detail);
-    lua_pushstring(L, http_cause_of(h->rc));
+    lua_pushstring(L, http_cause_of(&h->x, h->errbuf, h->rc));
     lua_setfield(L, -2, "cause");
   }
   if (task) {

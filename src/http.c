@@ -4,6 +4,7 @@
  * lower-case headers, duration) or an atom error with a `cause`. Argument
  * policy, shorthands, events and JSON-RPC live in lua/atom/http.lua and
  * lua/atom/rpc.lua. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -30,6 +31,8 @@ struct hreq {
   struct task *task;
   struct curl_slist *hdrs; /* built for this request, or NULL (the shared list) */
   bool want_headers;
+  size_t max_body;       /* a longer response body aborts the transfer */
+  const char *too_large; /* "body" or "headers" once that went over its limit */
   /* Strings of the waiting call's arguments; they live on the suspended task's
    * stack until it resumes, and curl uses the body in place. */
   const char *desc, *method, *url;
@@ -49,6 +52,10 @@ static struct curl_slist *plain_hdrs, *json_hdrs; /* shared, never freed while i
 #define POOL_MAX 256
 /* A body buffer larger than this is freed after its request. */
 #define KEEP_BUF (1 << 20)
+/* The response headers kept are bounded too (curl bounds each line). */
+#define MAX_HEAD (1 << 20)
+/* max_body unless the request gives one (lua/atom/http.lua passes it). */
+#define DEFAULT_MAX_BODY ((lua_Integer)256 << 20)
 
 /* {==== curl callbacks ==== */
 
@@ -66,8 +73,13 @@ static bool buf_add(struct buf *b, const char *p, size_t n) {
   return true;
 }
 
+/* Returning less than given makes curl abort the transfer at once. */
 static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
   struct hreq *r = ud;
+  if (size * n > r->max_body - r->body.len) {
+    r->too_large = "body";
+    return 0;
+  }
   return buf_add(&r->body, p, size * n) ? size * n : 0;
 }
 
@@ -78,6 +90,10 @@ static size_t header_cb(char *p, size_t size, size_t n, void *ud) {
   size_t len = size * n;
   if (!r->want_headers) return len;
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->head.len = 0;
+  if (r->head.len + len > MAX_HEAD) {
+    r->too_large = "headers";
+    return 0;
+  }
   return buf_add(&r->head, p, len) ? len : 0;
 }
 
@@ -144,8 +160,12 @@ static void req_put(struct hreq *r) {
 
 /* {==== finishing a request ==== */
 
-/* The transport failure's `cause` (SPEC §3 rule 5). */
-static const char *cause_of(CURLcode rc) {
+/* The transport failure's `cause` (SPEC §3 rule 5) of transfer x; errbuf
+ * is curl's message for it. */
+static const char *cause_of(const struct xfer *x, const char *errbuf, CURLcode rc) {
+  int e = x->open_errno;
+  if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+    return "resources"; /* socket() failed: no descriptor, not the peer's doing */
   switch (rc) {
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
@@ -154,7 +174,9 @@ static const char *cause_of(CURLcode rc) {
       return "refused";
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
-      return "reset";
+      /* curl also says RECV_ERROR for a chunked body it cannot decode
+       * ("... in chunked-encoding"): the peer broke the protocol. */
+      return strstr(errbuf, "chunked-encoding") ? "protocol" : "reset";
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
       return "eof";
@@ -238,13 +260,28 @@ static void req_done(struct xfer *x, CURLcode rc) {
     return;
   }
   const char *detail = r->errbuf[0] ? r->errbuf : cu.easy_strerror(rc);
-  if (rc == CURLE_URL_MALFORMAT || rc == CURLE_UNSUPPORTED_PROTOCOL) {
+  /* UNSUPPORTED_PROTOCOL after a connection is a reply that is not HTTP
+   * ("Received HTTP/0.9"), not a bad URL. */
+  char *ip = NULL;
+  if (rc == CURLE_UNSUPPORTED_PROTOCOL) cu.easy_getinfo(r->easy, CURLINFO_PRIMARY_IP, &ip);
+  bool connected = ip && ip[0];
+  if (rc == CURLE_FILESIZE_EXCEEDED) r->too_large = "body"; /* said by Content-Length */
+  if (r->too_large) {
+    bool body = r->too_large[0] == 'b';
+    util_push_error(co, "http", "%s: response %s larger than %I bytes", r->desc, r->too_large,
+                    (lua_Integer)(body ? r->max_body : MAX_HEAD));
+    set_str(co, "cause", "too_large");
+  } else if (rc == CURLE_URL_MALFORMAT || (rc == CURLE_UNSUPPORTED_PROTOCOL && !connected)) {
     util_push_error(co, "usage", "%s: invalid URL (%s)", r->desc, detail);
   } else if (rc == CURLE_OPERATION_TIMEDOUT) {
     util_push_error(co, "timeout", "%s timed out (%s)", r->desc, detail);
   } else {
-    util_push_error(co, "http", "%s: %s", r->desc, detail);
-    set_str(co, "cause", cause_of(rc));
+    if (r->x.open_errno)
+      util_push_error(co, "http", "%s: cannot open a socket: %s", r->desc,
+                      strerror(r->x.open_errno));
+    else
+      util_push_error(co, "http", "%s: %s", r->desc, detail);
+    set_str(co, "cause", cause_of(&r->x, r->errbuf, rc));
   }
   set_str(co, "url", r->url);
   set_str(co, "method", r->method);
@@ -344,7 +381,7 @@ static void set_method(CURL *e, const char *method, const char *body, size_t ble
 }
 
 /* _atom.http_perform(fname, method, url, headers|nil, body|nil, timeout, flags,
- * proxy|nil, desc) -> status, body, headers|nil, duration.
+ * proxy|nil, desc [, max_body]) -> status, body, headers|nil, duration.
  * fname is the public function (for errors); timeout < 0 means none; desc
  * names the operation in errors ("GET http://..."). Arguments are checked by
  * the Lua callers, except header contents. */
@@ -360,6 +397,8 @@ static int l_http_perform(lua_State *L) {
   lua_Integer flags = luaL_checkinteger(L, 7);
   const char *proxy = luaL_optstring(L, 8, "");
   const char *desc = luaL_checkstring(L, 9);
+  lua_Integer max_body = luaL_optinteger(L, 10, DEFAULT_MAX_BODY);
+  if (max_body < 0) max_body = 0;
   bool has_ct = false, has_expect = false;
   if (has_headers) check_headers(L, 4, fname, &has_ct, &has_expect);
 
@@ -397,6 +436,10 @@ static int l_http_perform(lua_State *L) {
     r->set_proxy = proxy[0] != '\0';
   }
   r->errbuf[0] = '\0';
+  r->max_body = (size_t)max_body;
+  r->too_large = NULL;
+  /* Abort before the first byte when Content-Length says too much. */
+  cu.easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
   r->want_headers = (flags & HF_HEADERS) != 0;
   r->task = t;
   r->desc = desc;
@@ -447,7 +490,9 @@ void http_push_headers(lua_State *L, char *p, size_t len) {
   push_headers(L, &b);
 }
 
-const char *http_cause_of(CURLcode rc) { return cause_of(rc); }
+const char *http_cause_of(const struct xfer *x, const char *errbuf, CURLcode rc) {
+  return cause_of(x, errbuf, rc);
+}
 
 /* Set up a fresh easy handle as http_perform does (headers checked first;
  * body used in place). Returns the header list to free after the transfer. */

@@ -236,12 +236,18 @@ static int l_stop_reason(lua_State *L) {
   return 1;
 }
 
+/* _atom.out_of_memory() -> true once the file state ran out (mem.c). */
+static int l_out_of_memory(lua_State *L) {
+  lua_pushboolean(L, mem_exhausted());
+  return 1;
+}
+
 /* _atom.run_file(entry_module, config) -> result table: runs
  * require(entry_module).main(config) in a new Lua state. */
 static int l_run_file(lua_State *L) {
   const char *entry = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_State *F = luaL_newstate();
+  lua_State *F = mem_newstate();
   if (!F) return luaL_error(L, "out of memory");
   runtime_open(F, true);
   lua_getfield(F, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -252,6 +258,8 @@ static int l_run_file(lua_State *L) {
   lua_setfield(F, -2, "events_all");
   lua_pushcfunction(F, l_stop_reason);
   lua_setfield(F, -2, "stop_reason");
+  lua_pushcfunction(F, l_out_of_memory);
+  lua_setfield(F, -2, "out_of_memory");
   lua_pop(F, 2);
   file_state = F;
   /* The live status line: ticks only while this file runs on a terminal. The
@@ -271,8 +279,10 @@ static int l_run_file(lua_State *L) {
     copy_value(F, -1, L, 0);
   } else {
     lua_newtable(L);
-    /* an error table too (its __tostring): never the bare word "error" */
-    lua_pushstring(L, luaL_tolstring(F, -1, NULL));
+    if (st == LUA_ERRMEM || mem_exhausted())
+      lua_pushliteral(L, "out of memory");
+    else /* an error table too (its __tostring): never the bare word "error" */
+      lua_pushstring(L, luaL_tolstring(F, -1, NULL));
     lua_setfield(L, -2, "internal_error");
   }
   file_state = NULL;

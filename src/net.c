@@ -19,6 +19,9 @@
 /* Read-ahead stops once this much is buffered and no reader wants more. */
 #define HIGH_WATER (256 * 1024)
 #define READ_CHUNK (64 * 1024)
+/* read_line's default longest line: a peer that sends no newline costs this
+ * much memory, not all of it. */
+#define MAX_LINE (1024 * 1024)
 
 enum { R_NONE, R_BYTES, R_LINE };
 
@@ -27,7 +30,8 @@ struct stream {
   struct wait rw;      /* the reader's wait */
   struct task *reader; /* the waiting reader, or NULL */
   int mode;            /* R_BYTES / R_LINE while a reader waits */
-  size_t want;         /* R_BYTES: bytes wanted */
+  size_t want;         /* R_BYTES: bytes wanted; R_LINE: the longest line allowed */
+  size_t max_line;     /* read_line's limit unless the call gives one */
   char *buf;           /* buffered bytes are buf[start, start + len) */
   size_t start, len, cap, scanned;
   bool reading, eof, closed;
@@ -42,7 +46,13 @@ struct sud {
 
 /* {==== errors ==== */
 
+/* Out of descriptors or memory: the machine, not the peer, refused. */
+static bool out_of_resources(int err) {
+  return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOBUFS || err == UV_ENOMEM;
+}
+
 static const char *io_cause(int err) {
+  if (out_of_resources(err)) return "resources";
   switch (err) {
     case UV_EOF:
       return "eof";
@@ -51,6 +61,11 @@ static const char *io_cause(int err) {
     default:
       return "reset";
   }
+}
+
+/* A connect that failed: no connection could be made, or no descriptor. */
+static const char *connect_cause(int err) {
+  return out_of_resources(err) ? "resources" : "refused";
 }
 
 /* Push an io error with `cause` on L; `task` names the task when the error is
@@ -103,6 +118,26 @@ static double method_timeout(lua_State *L, int idx, const char *fname) {
   return v == HUGE_VAL ? -1 : v;
 }
 
+/* A positive integer field `name` of an options table at idx (def when absent
+ * or idx is not a table); `shown` is the argument number in messages. */
+static size_t opt_size(lua_State *L, int idx, int shown, const char *fname, const char *name,
+                       size_t def) {
+  if (lua_type(L, idx) != LUA_TTABLE) return def;
+  lua_getfield(L, idx, name);
+  size_t v = def;
+  if (!lua_isnil(L, -1)) {
+    int isint;
+    lua_Integer n = lua_tointegerx(L, -1, &isint);
+    if (lua_type(L, -1) != LUA_TNUMBER || !isint || n < 1) {
+      lua_pushfstring(L, "field '%s' must be a positive integer", name);
+      util_argerror(L, shown, fname, lua_tostring(L, -1));
+    }
+    v = (size_t)n;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 /* }==== */
 
 /* {==== streams: buffer, read-ahead, close ==== */
@@ -126,6 +161,7 @@ static struct stream *stream_new(void) {
   if (!s) return NULL;
   uv_tcp_init(atom_loop, &s->tcp);
   s->tcp.data = NULL;
+  s->max_line = MAX_LINE;
   return s;
 }
 
@@ -156,8 +192,17 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
   b->len = s->buf ? s->cap - s->start - s->len : 0; /* 0: libuv reports UV_ENOBUFS */
 }
 
+/* read_line's error for a line over `max` bytes; the bytes stay buffered
+ * (s:read can still take them). */
+static int line_too_large(lua_State *L, struct stream *s, size_t max, struct task *task) {
+  push_io_error(L, task, "too_large", "read_line from %s: line longer than %d bytes", s->peer,
+                (int)max);
+  return -1;
+}
+
 /* Try to finish a read of `mode` from the buffer: push its result on L and
- * return 1, push an error and return -1, or return 0 (must wait). */
+ * return 1, push an error and return -1, or return 0 (must wait). For R_LINE,
+ * n is the longest line allowed (without "\n" and "\r"). */
 static int produce(lua_State *L, struct stream *s, int mode, size_t n, struct task *task) {
   const char *p = s->buf + s->start;
   if (mode == R_BYTES && s->len >= n) {
@@ -170,11 +215,14 @@ static int produce(lua_State *L, struct stream *s, int mode, size_t n, struct ta
     if (nl) {
       size_t l = (size_t)(nl - p), e = l;
       if (e > 0 && p[e - 1] == '\r') e--;
+      if (e > n) return line_too_large(L, s, n, task);
       lua_pushlstring(L, p, e);
       consume(s, l + 1);
       return 1;
     }
     s->scanned = s->len;
+    /* No "\n" yet: too long already, whatever comes (a last "\r" may go). */
+    if (s->len > n + 1 || (s->len == n + 1 && p[n] != '\r')) return line_too_large(L, s, n, task);
   }
   if (!s->eof && !s->err) return 0;
   if (s->len == 0 && s->eof) { /* a clean end before any byte of this read */
@@ -184,6 +232,7 @@ static int produce(lua_State *L, struct stream *s, int mode, size_t n, struct ta
   if (mode == R_LINE && s->eof) { /* the last line had no \n */
     size_t e = s->len;
     if (p[e - 1] == '\r') e--;
+    if (e > n) return line_too_large(L, s, n, task);
     lua_pushlstring(L, p, e);
     consume(s, s->len);
     return 1;
@@ -205,7 +254,11 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *b);
 static void update_reading(struct stream *s) {
   bool want = !s->closed && !s->eof && !s->err && (s->reader || s->len < HIGH_WATER);
   if (want && !s->reading) {
-    if (uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb) == 0) s->reading = true;
+    int rc = uv_read_start((uv_stream_t *)&s->tcp, alloc_cb, read_cb);
+    if (rc == 0)
+      s->reading = true;
+    else
+      s->err = rc; /* reading ends here; the next read raises it */
   } else if (!want && s->reading) {
     uv_read_stop((uv_stream_t *)&s->tcp);
     s->reading = false;
@@ -280,6 +333,7 @@ static int do_read(lua_State *L, int mode, const char *fname) {
     topt = 3;
   }
   double timeout = method_timeout(L, topt, fname);
+  if (mode == R_LINE) n = opt_size(L, topt, topt - 1, fname, "max_line", s->max_line);
   if (s->reader)
     return util_error(L, "usage", "%s: another task is already reading from %s", fname, s->peer);
   if (mode == R_BYTES && n == 0) {
@@ -298,6 +352,12 @@ static int do_read(lua_State *L, int mode, const char *fname) {
   s->rw =
       (struct wait){.cancel = reader_cancel, .what = mode == R_LINE ? "s:read_line()" : "s:read()"};
   update_reading(s);
+  if (s->err) { /* reading could not start: raise now, nothing will wake us */
+    s->reader = NULL;
+    s->mode = R_NONE;
+    produce(L, s, mode, n, NULL);
+    return lua_error(L);
+  }
   lua_pushfstring(L, "%s from %s", fname, s->peer);
   return sched_wait(L, &s->rw, timeout, lua_gettop(L));
 }
@@ -460,6 +520,9 @@ struct dial {
   struct sockaddr_storage addr;
   bool numeric;
   int last_err;
+  int now_err;           /* failed before the caller waited: it raises this */
+  const char *now_cause; /* with this cause */
+  size_t max_line;       /* for the stream */
   double interval;
   struct timer retry;
   char host[256], port[8], peer[300];
@@ -488,6 +551,11 @@ static void dial_fail(struct dial *d, int err, const char *cause) {
     timer_start(&d->retry, d->interval, retry_cb);
     return;
   }
+  if (!d->w.task) { /* at once, inside connect (EMFILE, a broadcast address): nobody waits yet */
+    d->now_err = err;
+    d->now_cause = cause;
+    return;
+  }
   lua_State *co = sched_thread(&d->w);
   lua_checkstack(co, 4);
   push_io_error(co, d->task, cause, "connect %s: %s", d->peer, uv_strerror(err));
@@ -503,6 +571,7 @@ static void dial_succeed(struct dial *d) {
     sched_wake(&d->w, 0);
   } else {
     snprintf(s->peer, sizeof s->peer, "%s", d->peer);
+    s->max_line = d->max_line;
     d->ud->s = s;
     update_reading(s);
     lua_State *co = sched_thread(&d->w);
@@ -531,7 +600,7 @@ static void dial_next(struct dial *d) {
     stream_close(s);
     d->cur = d->cur->ai_next;
   }
-  dial_fail(d, d->last_err, "refused");
+  dial_fail(d, d->last_err, connect_cause(d->last_err));
 }
 
 static void connect_cb(uv_connect_t *req, int status) {
@@ -632,6 +701,7 @@ static int l_tcp_connect(lua_State *L) {
   struct task *t = sched_enter(L, "connect");
   double timeout = util_opttimeout(L, 3, "connect", 30);
   if (timeout == HUGE_VAL) timeout = -1; /* no deadline */
+  size_t max_line = opt_size(L, 3, 3, "connect", "max_line", MAX_LINE);
   lua_settop(L, 3);
   struct sud *u = lua_newuserdatauv(L, sizeof *u, 0); /* safe empty state first */
   u->s = NULL;
@@ -641,9 +711,15 @@ static int l_tcp_connect(lua_State *L) {
   d->task = t;
   d->ud = u;
   d->ud_idx = ud_idx;
+  d->max_line = max_line;
   d->w = (struct wait){.cancel = dial_cancel, .what = "connect"};
   lua_pushfstring(L, "connect %s", d->peer);
   dial_start(d);
+  if (d->now_err) {
+    push_io_error(L, NULL, d->now_cause, "connect %s: %s", d->peer, uv_strerror(d->now_err));
+    dial_finish(d);
+    return lua_error(L);
+  }
   return sched_wait(L, &d->w, timeout, lua_gettop(L));
 }
 

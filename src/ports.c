@@ -1,11 +1,18 @@
 /* ports.c — atom.free_port (SPEC §5): ports outside the kernel's ephemeral
  * range, never handed out twice in a run, and reserved across concurrent
  * runs by open-file-description locks on one file, one byte per port
- * (<dir>/ports.lock, dir = $ATOMLUA_PORT_DIR or /tmp/atomlua-ports). The
- * locks belong to a single close-on-exec descriptor, so the kernel drops
+ * (<dir>/ports.lock, dir = $ATOMLUA_PORT_DIR or /tmp/atomlua-ports-<uid>).
+ * The locks belong to a single close-on-exec descriptor, so the kernel drops
  * them when the run ends, even by SIGKILL, and spawned children never hold
  * them. The sequence is the lowest free port from 10000 up (then 1024 up),
- * so it does not depend on --seed. */
+ * so it does not depend on --seed.
+ *
+ * The directory and the file are the user's own: another local user must
+ * not be able to point the file at one of ours (a symlink), nor lock every
+ * port for us (a file of theirs). So the directory is made 0700 and must be
+ * ours, not a symlink; a group- or world-writable one ($ATOMLUA_PORT_DIR)
+ * must be sticky; the file is opened without following a symlink, must be a
+ * regular file of ours, and its mode is never changed. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "atom.h"
@@ -40,20 +48,85 @@ static void read_range(void) {
   fclose(f);
 }
 
+/* Check the directory open as dfd (named `dir`): a directory of ours (or
+ * root's), and when others may write in it, sticky (so no one else can
+ * replace our file). `strict`: the default directory must be 0700-like. */
+static bool dir_ok(lua_State *L, int dfd, const char *dir, bool strict) {
+  struct stat st;
+  if (fstat(dfd, &st) != 0) {
+    lua_pushfstring(L, "cannot stat %s: %s", dir, strerror(errno));
+    return false;
+  }
+  uid_t me = geteuid();
+  if (st.st_uid != me && (strict || st.st_uid != 0)) {
+    lua_pushfstring(L, "%s belongs to uid %d, not to this user (uid %d)", dir, (int)st.st_uid,
+                    (int)me);
+    return false;
+  }
+  char mode[16]; /* lua_pushfstring has no %o */
+  snprintf(mode, sizeof mode, "%o", (unsigned)(st.st_mode & 07777));
+  if (strict && (st.st_mode & 077)) {
+    lua_pushfstring(L, "%s has mode %s; it must be accessible to its owner only (0700)", dir, mode);
+    return false;
+  }
+  if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+    lua_pushfstring(L, "%s is writable by others and not sticky (mode %s)", dir, mode);
+    return false;
+  }
+  return true;
+}
+
 /* Open (creating) the lock file; on failure push a message and return false. */
 static bool open_lockfile(lua_State *L) {
   const char *dir = getenv("ATOMLUA_PORT_DIR");
-  if (!dir || !*dir) dir = "/tmp/atomlua-ports";
-  /* Shared by every user of the machine, like /tmp itself. */
-  if (mkdir(dir, 01777) == 0) chmod(dir, 01777);
-  char path[4096];
-  snprintf(path, sizeof path, "%s/ports.lock", dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
+  bool strict = !dir || !*dir;
+  char def[64];
+  if (strict) {
+    snprintf(def, sizeof def, "/tmp/atomlua-ports-%d", (int)geteuid());
+    dir = def;
+  }
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    lua_pushfstring(L, "cannot create %s: %s", dir, strerror(errno));
     return false;
   }
-  fchmod(fd, 0666); /* fails harmlessly when another user made it */
+  /* O_NOFOLLOW: the default path in /tmp could be anyone's symlink. */
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (strict ? O_NOFOLLOW : 0));
+  if (dfd < 0) {
+    int e = errno;
+    struct stat ls;
+    bool link = strict && lstat(dir, &ls) == 0 && S_ISLNK(ls.st_mode);
+    lua_pushfstring(L, "cannot open directory %s: %s", dir,
+                    link ? "it is a symbolic link" : strerror(e));
+    return false;
+  }
+  if (!dir_ok(L, dfd, dir, strict)) {
+    close(dfd);
+    return false;
+  }
+  /* O_NONBLOCK | O_NOCTTY: opening a FIFO or device put there has no effect
+   * before the check below refuses it. */
+  int fd = openat(dfd, "ports.lock",
+                  O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
+  int e = errno;
+  close(dfd);
+  if (fd < 0) {
+    lua_pushfstring(L, "cannot open %s/ports.lock: %s", dir,
+                    e == ELOOP ? "it is a symbolic link" : strerror(e));
+    return false;
+  }
+  struct stat st;
+  const char *bad = NULL;
+  if (fstat(fd, &st) != 0)
+    bad = strerror(errno);
+  else if (!S_ISREG(st.st_mode))
+    bad = "not a regular file";
+  else if (st.st_uid != geteuid())
+    bad = "it belongs to another user";
+  if (bad) {
+    close(fd);
+    lua_pushfstring(L, "cannot use %s/ports.lock: %s", dir, bad);
+    return false;
+  }
   P.fd = fd;
   return true;
 }

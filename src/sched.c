@@ -793,6 +793,8 @@ static void run_task(struct task *t) {
   pthread_mutex_unlock(&running_lock);
   lua_sethook(co, NULL, 0, 0);
   sched_state.current = NULL;
+  /* Out of memory: whatever raised it, the file stops here (mem.c). */
+  if (mem_take_exhausted()) sched_cancel_root(sched_state.L, "cancelled: out of memory");
   if (st == LUA_YIELD) {
     lua_pop(co, nres);
     if (preempted) { /* a count hook yielded: let the loop run, then go on */

@@ -525,7 +525,7 @@ function atom.ws.connect(url, opts) end
 atom.tcp = {}
 ---@param host string
 ---@param port integer
----@param opts atom.timeout_opts?
+---@param opts number|{timeout: number?, max_line: integer?}? max_line: read_line's default (1 MiB)
 ---@return atom.stream
 function atom.tcp.connect(host, port, opts) end
 ---@param host string

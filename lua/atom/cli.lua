@@ -272,6 +272,7 @@ local function run_command(o, argv, command)
     if res.internal_error then
       io.stderr:write("atomlua: internal error in ", u.file, ": ", res.internal_error, "\n")
       scenario_error = true
+      scenario_error_file = scenario_error_file or u.file
     end
     total.passed = total.passed + (res.passed or 0)
     total.failed = total.failed + (res.failed or 0)

@@ -63,7 +63,7 @@ end
 
 local FIELDS = { method = "string", url = "string", headers = "table", body = "string",
                  json = "any", timeout = "number", follow = "boolean", proxy = "string",
-                 insecure = "boolean" }
+                 insecure = "boolean", max_body = "number" }
 
 --- Check a request table (field types, unknown fields) for `fname`.
 local function check_fields(fname, argn, spec)
@@ -77,6 +77,10 @@ local function check_fields(fname, argn, spec)
   end
   if spec.body ~= nil and spec.json ~= nil then
     argerror(argn, fname, "give either 'body' or 'json', not both")
+  end
+  local mb = spec.max_body
+  if mb ~= nil and (math.type(mb) ~= "integer" or mb < 0) then
+    argerror(argn, fname, "field 'max_body' must be a non-negative integer")
   end
 end
 
@@ -100,12 +104,12 @@ local function run(fname, argn, spec, method, url)
   local desc = method .. " " .. url
   if not events.active("http") then
     local status, rbody, headers, duration =
-      perform(fname, method, url, spec.headers, body, timeout, flags, spec.proxy, desc)
+      perform(fname, method, url, spec.headers, body, timeout, flags, spec.proxy, desc, spec.max_body)
     return setmetatable({ status = status, headers = headers, body = rbody, duration = duration }, Response)
   end
   local t0 = now()
   local ok, status, rbody, headers, duration =
-    pcall(perform, fname, method, url, spec.headers, body, timeout, flags, spec.proxy, desc)
+    pcall(perform, fname, method, url, spec.headers, body, timeout, flags, spec.proxy, desc, spec.max_body)
   if not ok then
     local err = status
     if not (errors.is(err, "cancelled") or errors.is(err, "usage")) then
@@ -119,8 +123,10 @@ end
 
 --- Perform an HTTP request. Any status is a normal response; transport
 --- failures raise kind `http` with `cause` (refused, reset, dns, tls, eof,
---- protocol), and running out of time raises `timeout`.
----@param spec {method?: string, url: string, headers?: table<string, string|number>, body?: string, json?: any, timeout?: number, follow?: boolean, proxy?: string, insecure?: boolean}
+--- protocol, resources, too_large), and running out of time raises `timeout`.
+--- A response body over `max_body` bytes (default 256 MiB) aborts the
+--- transfer and raises `http` cause `too_large`.
+---@param spec {method?: string, url: string, headers?: table<string, string|number>, body?: string, json?: any, timeout?: number, follow?: boolean, proxy?: string, insecure?: boolean, max_body?: integer}
 ---@return atom.http.response
 function M.request(spec)
   if type(spec) ~= "table" then

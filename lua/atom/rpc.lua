@@ -109,6 +109,13 @@ local function bad_reply(url, what, why, status, body)
     { url = url, method = what, status = status })
 end
 
+-- Why a reply is not a JSON document: the decoder's reason when it stopped
+-- ("reply is not JSON (decode: nesting deeper than 1000 at position 1001)").
+local function not_json(ok, doc)
+  if ok then return "reply is not JSON" end
+  return ("reply is not JSON (%s)"):format(errors.is(doc) and doc.message or tostring(doc))
+end
+
 -- Raise kind rpc for an error object: message, code and data as received;
 -- `summary` (what tostring shows) adds the URL, method and code.
 local function raise_error(url, method, e)
@@ -164,7 +171,7 @@ local function call(url, method, params, timeout, headers, flags, proxy)
   local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy, desc_of(url, method))
   last_reply = rbody
   local ok, doc = pcall(decode, rbody)
-  if not ok or type(doc) ~= "table" then bad_reply(url, method, "reply is not JSON", status, rbody) end
+  if not ok or type(doc) ~= "table" then bad_reply(url, method, not_json(ok, doc), status, rbody) end
   -- Over HTTP the reply belongs to this request, so its id is not checked
   -- (servers answering a fixed id, or null after a parse error, still work).
   local e = doc.error
@@ -197,7 +204,7 @@ local function call_batch(url, n, methods, body, ids, timeout, headers, flags, p
   local status, rbody = perform("rpc_batch", "POST", url, headers, body, timeout, flags, proxy,
     "rpc batch of " .. n .. " at " .. url)
   local ok, doc = pcall(decode, rbody)
-  if not ok or type(doc) ~= "table" then bad_reply(url, "batch", "reply is not JSON", status, rbody) end
+  if not ok or type(doc) ~= "table" then bad_reply(url, "batch", not_json(ok, doc), status, rbody) end
   if doc[1] == nil then -- one error object for the whole batch (e.g. parse error)
     local e = doc.error
     if e ~= nil and e ~= _atom.json_null then raise_error(url, "batch", e) end

@@ -107,6 +107,13 @@ function M.main(cfg)
   local bad_reactor
   if cfg.trace_paths then chunk = M.reactor_root(chunk, cfg, function(msg) bad_reactor = msg end) end
   local ok, root, status, err = _atom.run(chunk)
+  if _atom.out_of_memory and _atom.out_of_memory() then
+    -- Wherever Lua raised it (a test, a callback, the reporting), the file
+    -- ends with one clear scenario error (src/mem.c stopped it).
+    ok, status = false, "failed"
+    err = ("out of memory in %s (a Lua allocation failed: ulimit -v, ATOMLUA_MEM_LIMIT or the "
+      .. "machine's memory)"):format(cfg.file)
+  end
   local ev = { file = cfg.file, suite = cfg.suite, status = "ok" }
   local stopping = _atom.stop_reason and _atom.stop_reason() or nil
   local scenario_error = false

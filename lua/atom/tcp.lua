@@ -8,15 +8,15 @@ local M = {}
 ---@class atom.stream
 ---@field write fun(self: atom.stream, data: string, opts?: number|{timeout?: number}) returns once the kernel has taken the data; failures raise `io` with `cause`
 ---@field read fun(self: atom.stream, n: integer, opts?: number|{timeout?: number}): string|nil exactly n bytes; nil at a clean EOF before any byte; EOF after fewer raises `io` (cause "eof", err.partial)
----@field read_line fun(self: atom.stream, opts?: number|{timeout?: number}): string|nil the next line without "\n" (and "\r"); nil at EOF
+---@field read_line fun(self: atom.stream, opts?: number|{timeout?: number, max_line?: integer}): string|nil the next line without "\n" (and "\r"); nil at EOF; a line over max_line bytes (default: the stream's, 1 MiB) raises `io` cause "too_large"
 ---@field close fun(self: atom.stream) idempotent; also `<close>` and garbage collection
 
 --- Connect to host:port (default timeout 30 s). One task reads at a time
 --- (a second reader raises `usage`); failures raise `io` with `cause`
---- (`refused`, `dns`, `reset`, `eof`, `closed`).
+--- (`refused`, `dns`, `reset`, `eof`, `closed`, `too_large`, `resources`).
 ---@param host string a name or an IPv4/IPv6 address; every address of a name is tried in turn
 ---@param port integer
----@param opts? number|{timeout?: number}
+---@param opts? number|{timeout?: number, max_line?: integer} max_line: read_line's default limit
 ---@return atom.stream
 function M.connect(host, port, opts)
   return _atom.tcp_connect(host, port, opts)
@@ -34,7 +34,7 @@ end
 
 --- An integer port that binds on 127.0.0.1 now, lies outside the kernel's
 --- ephemeral range, was not returned before in this run and is reserved for
---- it (advisory locks under /tmp/atomlua-ports/ or $ATOMLUA_PORT_DIR).
+--- it (advisory locks under /tmp/atomlua-ports-<uid>/ or $ATOMLUA_PORT_DIR).
 ---@return integer
 function M.free_port()
   return _atom.free_port()

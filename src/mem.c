@@ -1,0 +1,116 @@
+/* mem.c — the allocator of the CLI's scenario file states. When memory runs
+ * out (malloc fails under `ulimit -v` or a full machine, or the state passes
+ * ATOMLUA_MEM_LIMIT), Lua raises "not enough memory" wherever it was, often
+ * far from any handler that could say which file it was. So the allocator
+ * notes it, and releases a reserve block, so that the scheduler can stop the
+ * file (sched.c) and the reports can still be written: the file ends with an
+ * "out of memory" scenario error naming it. Module mode keeps the host's
+ * allocator. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "atom.h"
+
+/* Released at the first real failure: room for cancelling, reporting and
+ * closing the state. */
+#define RESERVE (16u << 20)
+
+static struct {
+  size_t used;  /* bytes the state holds */
+  size_t limit; /* 0: none (ATOMLUA_MEM_LIMIT) */
+  void *reserve;
+  bool exhausted, announced;
+  /* The last request that failed and was not given yet. Lua's core collects
+   * garbage and asks again at once: a success of that same request means it
+   * recovered. Failing again, or any other request (the failed one was
+   * given up: an error was raised, e.g. by lauxlib's buffers, which do not
+   * ask again), or a check from outside the allocator, is the real thing. */
+  const void *fail_ptr;
+  size_t fail_size;
+  bool failed;
+} M;
+
+static void exhausted(void) {
+  M.exhausted = true;
+  free(M.reserve);
+  M.reserve = NULL;
+  if (M.limit) M.limit += RESERVE; /* the same room under the test limit */
+}
+
+static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  size_t old = ptr ? osize : 0; /* without ptr, osize tells the kind of object */
+  if (nsize == 0) {
+    free(ptr);
+    M.used -= old;
+    return NULL;
+  }
+  void *p = NULL;
+  if (!M.limit || nsize <= old || M.used - old + nsize <= M.limit) p = realloc(ptr, nsize);
+  bool again = M.failed && M.fail_ptr == ptr && M.fail_size == nsize;
+  if (M.failed && (!p || !again) && !M.exhausted) exhausted();
+  if (!p) {
+    M.failed = true;
+    M.fail_ptr = ptr;
+    M.fail_size = nsize;
+    return NULL;
+  }
+  M.failed = false;
+  M.used = M.used - old + nsize;
+  return p;
+}
+
+static int mem_panic(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  fprintf(stderr, "atomlua: PANIC: unprotected error in call to Lua API (%s)\n",
+          msg ? msg : "error object is not a string");
+  return 0; /* then Lua aborts */
+}
+
+/* ATOMLUA_MEM_LIMIT: bytes, or with a K, M or G suffix. */
+static size_t parse_limit(const char *s) {
+  if (!s || !*s) return 0;
+  char *end;
+  unsigned long long v = strtoull(s, &end, 10);
+  switch (*end) {
+    case 'k':
+    case 'K':
+      v <<= 10;
+      break;
+    case 'm':
+    case 'M':
+      v <<= 20;
+      break;
+    case 'g':
+    case 'G':
+      v <<= 30;
+      break;
+    default:
+      break;
+  }
+  return (size_t)v;
+}
+
+lua_State *mem_newstate(void) {
+  M.used = 0;
+  M.limit = parse_limit(getenv("ATOMLUA_MEM_LIMIT"));
+  M.exhausted = M.announced = false;
+  M.failed = false;
+  if (!M.reserve) M.reserve = malloc(RESERVE);
+  lua_State *L = lua_newstate(mem_alloc, NULL);
+  if (L) lua_atpanic(L, mem_panic);
+  return L;
+}
+
+/* Called outside the allocator: a failure still pending was given up. */
+bool mem_exhausted(void) {
+  if (M.failed && !M.exhausted) exhausted();
+  return M.exhausted;
+}
+
+bool mem_take_exhausted(void) {
+  if (!mem_exhausted() || M.announced) return false;
+  M.announced = true;
+  return true;
+}
