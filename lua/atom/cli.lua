@@ -326,7 +326,8 @@ local function types_path()
   local uv = require("luv")
   local exe = uv.exepath() or ""
   local bin = exe:match("^(.*)/[^/]*$") or "."
-  for _, dir in ipairs { bin .. "/../share/atomlua/types", bin .. "/../types" } do
+  -- installed; build/atomlua; build/check/atomlua (make check)
+  for _, dir in ipairs { bin .. "/../share/atomlua/types", bin .. "/../types", bin .. "/../../types" } do
     local real = uv.fs_realpath(dir .. "/atom.lua")
     if real then
       print((real:gsub("/atom%.lua$", "")))
