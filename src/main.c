@@ -15,10 +15,14 @@
 #include "atom.h"
 #include "proc.h"
 
-static lua_State *control;          /* runs cli.lua and the reporters */
-static lua_State *file_state;       /* the scenario file's state, while it runs */
-static int forward_ref = LUA_NOREF; /* control's function receiving events */
-static uv_timer_t tick_timer;       /* the live status line's 1 s beat */
+static lua_State *control; /* runs cli.lua and the reporters */
+/* Held by the main thread whenever it uses `control`, so the watchdog thread
+ * can write the reports there when the loop is stuck (write_reports_hard). */
+static pthread_mutex_t control_lock = PTHREAD_MUTEX_INITIALIZER;
+static int emergency_ref = LUA_NOREF; /* cli.lua's finish(hard_exit) */
+static lua_State *file_state;         /* the scenario file's state, while it runs */
+static int forward_ref = LUA_NOREF;   /* control's function receiving events */
+static uv_timer_t tick_timer;         /* the live status line's 1 s beat */
 
 /* Call require("atom.scenario")[name]() in the running file's state when
  * that module defines it. Only from loop callbacks: no task is inside
@@ -46,6 +50,7 @@ static uv_async_t signal_async;
 static struct timer run_deadline, run_grace;
 static double grace_secs = 10, timeout_secs = -1;
 static const char *stop_reason;        /* NULL while the run goes on */
+static char stop_message[96];          /* the cancellation's message */
 static volatile uint64_t hard_exit_ns; /* watchdog exits at this time (0: never) */
 static volatile int hard_exit_code;
 
@@ -86,6 +91,7 @@ static void run_grace_cb(struct timer *t) {
 static void stop_run(const char *reason, const char *message, int code, double from_ns) {
   if (stop_reason) return;
   stop_reason = reason;
+  snprintf(stop_message, sizeof stop_message, "%s", message);
   hard_exit_code = code;
   hard_exit_ns = (uint64_t)from_ns + (uint64_t)((grace_secs + 1) * 1e9);
   if (file_state) {
@@ -114,6 +120,24 @@ static void signal_async_cb(uv_async_t *h) {
 /* The watchdog does not depend on the loop: it ends the process when the
  * run's grace plus one second has passed (SPEC §1 --timeout), whatever Lua
  * is doing. It runs on watch.c's thread. */
+
+/* On the watchdog thread: the main thread is stuck (in the file state, or
+ * in a C call), so the control state is idle unless the main thread is in
+ * l_forward or the reporters: wait for that a little, then let cli.lua's
+ * finish() write the closing lines, run_end and the reports (SPEC §8: on
+ * every ending but SIGKILL and a second signal). We exit right after, so
+ * the main thread never sees the control state again. */
+static void write_reports_hard(int code) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 2;
+  if (emergency_ref == LUA_NOREF || pthread_mutex_timedlock(&control_lock, &until) != 0) return;
+  lua_rawgeti(control, LUA_REGISTRYINDEX, emergency_ref);
+  lua_pushinteger(control, code);
+  if (lua_pcall(control, 1, 0, 0) != LUA_OK)
+    fprintf(stderr, "atomlua: writing the reports: %s\n", lua_tostring(control, -1));
+}
+
 static void watchdog_check(void) {
   uint64_t now = uv_hrtime();
   if (first_signal) sched_set_urgent();
@@ -121,9 +145,16 @@ static void watchdog_check(void) {
   if (watchdog_deadline_ns && now > watchdog_deadline_ns) code = 124;
   if (first_signal && hard_exit_ns && now > hard_exit_ns) code = signal_status(first_signal);
   if (code) {
+    if (!stop_reason) { /* the loop never ran run_deadline_cb */
+      snprintf(stop_message, sizeof stop_message, "cancelled: run timed out after %.14gs",
+               timeout_secs);
+      stop_reason = "timeout";
+    }
     fflush(stdout);
     fprintf(stderr, "atomlua: cleanups did not finish in time; exiting\n");
     proc_kill_all(); /* the reaper would too, once we are gone */
+    write_reports_hard(code);
+    fflush(stdout);
     _exit(code);
   }
 }
@@ -195,12 +226,22 @@ static void copy_value(lua_State *from, int idx, lua_State *to, int depth) {
 /* _atom.forward(ev) in a file state: hand an event to the control state. */
 static int l_forward(lua_State *L) {
   if (forward_ref == LUA_NOREF) return 0;
+  pthread_mutex_lock(&control_lock);
   lua_rawgeti(control, LUA_REGISTRYINDEX, forward_ref);
   copy_value(L, 1, control, 0);
   if (lua_pcall(control, 1, 0, 0) != LUA_OK) {
     fprintf(stderr, "atomlua: reporter error: %s\n", lua_tostring(control, -1));
     lua_pop(control, 1);
   }
+  pthread_mutex_unlock(&control_lock);
+  return 0;
+}
+
+/* _atom.set_emergency(fn): fn(code) ends the run's reports from the watchdog. */
+static int l_set_emergency(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  emergency_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -229,11 +270,12 @@ static void report_leaks(const char *what) {
   if (tasks || handles || refs || children) leaks_found = 1;
 }
 
-/* _atom.stop_reason() -> nil | "timeout" | "SIGINT" | ... */
+/* _atom.stop_reason() -> nil | "timeout" | "SIGINT" | ..., message */
 static int l_stop_reason(lua_State *L) {
   if (!stop_reason) return 0;
   lua_pushstring(L, stop_reason);
-  return 1;
+  lua_pushstring(L, stop_message);
+  return 2;
 }
 
 /* _atom.out_of_memory() -> true once the file state ran out (mem.c). */
@@ -267,14 +309,19 @@ static int l_run_file(lua_State *L) {
   lua_getfield(L, 2, "live");
   if (lua_toboolean(L, -1)) uv_timer_start(&tick_timer, tick_cb, 1000, 1000);
   lua_pop(L, 1);
+  /* While F runs, `control` is free (l_forward takes it for each event). */
+  pthread_mutex_unlock(&control_lock);
   lua_getglobal(F, "require");
   lua_pushstring(F, entry);
   int st = lua_pcall(F, 1, 1, 0);
   if (st == LUA_OK) {
     lua_getfield(F, -1, "main");
+    pthread_mutex_lock(&control_lock);
     copy_value(L, 2, F, 0);
+    pthread_mutex_unlock(&control_lock);
     st = lua_pcall(F, 1, 1, 0);
   }
+  pthread_mutex_lock(&control_lock);
   if (st == LUA_OK) {
     copy_value(F, -1, L, 0);
   } else {
@@ -316,6 +363,13 @@ static int l_stop_run(lua_State *L) {
   return 0;
 }
 
+/* _atom.log_errors() -> how many process logs could not be written. */
+extern int outbuf_log_errors;
+static int l_log_errors(lua_State *L) {
+  lua_pushinteger(L, outbuf_log_errors);
+  return 1;
+}
+
 static int l_leaks_found(lua_State *L) {
   lua_pushboolean(L, leaks_found);
   return 1;
@@ -335,6 +389,8 @@ static int pmain(lua_State *L) {
                                      {"stop_reason", l_stop_reason},
                                      {"stop_run", l_stop_run},
                                      {"leaks_found", l_leaks_found},
+                                     {"set_emergency", l_set_emergency},
+                                     {"log_errors", l_log_errors},
                                      {NULL, NULL}};
   luaL_setfuncs(L, cli_fns, 0);
   lua_pop(L, 2);
@@ -380,6 +436,7 @@ int main(int argc, char **argv) {
   lua_State *L = luaL_newstate();
   if (!L) return 70;
   control = L;
+  pthread_mutex_lock(&control_lock); /* released while a file state runs */
   lua_pushcfunction(L, pmain);
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);

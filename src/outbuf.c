@@ -5,6 +5,7 @@
  * one bounded buffer. Waiting on lines is proc.c's job. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -58,12 +59,27 @@ void outbuf_free(struct outbuf *o) {
 
 /* {==== log ==== */
 
+/* Logs that failed to be written (full disk, I/O error): the run's exit
+ * status is then at least 3 (main.c reads this). */
+int outbuf_log_errors;
+
+/* Say once per log which file failed and why; the log is off afterwards. */
+static void log_failed(struct outbuf *o, int err) {
+  o->log_errno = err;
+  outbuf_log_errors++;
+  char link[64], path[4096];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", o->logfd);
+  ssize_t n = readlink(link, path, sizeof path - 1);
+  path[n > 0 ? n : 0] = '\0';
+  fprintf(stderr, "atomlua: cannot write process log %s: %s\n", n > 0 ? path : "?", strerror(err));
+}
+
 static void log_write(struct outbuf *o, const char *p, size_t n) {
   while (n > 0 && o->logfd >= 0 && !o->log_errno) {
     ssize_t k = write(o->logfd, p, n);
     if (k < 0) {
       if (errno == EINTR) continue;
-      o->log_errno = errno;
+      log_failed(o, errno);
       return;
     }
     p += k;

@@ -61,9 +61,27 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
+/* Before a test's own timeout cancels it, let require("atom.sched")
+ * .on_test_deadline(name) note what its tasks wait for: the cancellation
+ * ends those waits. Called from a timer callback, so no task is running. */
+static void test_deadline_hook(lua_State *L, struct task *t) {
+  int top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "atom.sched") == LUA_TTABLE &&
+      lua_getfield(L, -1, "on_test_deadline") == LUA_TFUNCTION) {
+    sched_push_ud(L, t);
+    sched_push_name(L, -1, t);
+    lua_remove(L, -2);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+      fprintf(stderr, "atomlua: on_test_deadline: %s\n", lua_tostring(L, -1));
+  }
+  lua_settop(L, top);
+}
+
 static void deadline_cb(struct timer *tm) {
   struct task *t = container_of(tm, struct task, phase);
   t->deadline_expired = true;
+  if (t->flags & TF_OWNER) test_deadline_hook(sched_state.L, t);
   char buf[64];
   sched_format_secs(buf, sizeof buf, t->deadline_secs);
   lua_pushfstring(sched_state.L, "cancelled: timed out after %ss", buf);

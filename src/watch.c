@@ -3,7 +3,9 @@
  * scheduler's preemption check (a deadline overdue while a task never
  * suspends) and the CLI's watchdog (exit when cleanups overrun). It knows
  * neither: checks run on this thread, so they may only touch what is safe
- * from another thread (atomics, a count hook under a lock, _exit). */
+ * from another thread (atomics, a count hook under a lock, _exit; the CLI's
+ * watchdog also runs its reporters in the control Lua state, under the lock
+ * the main thread holds while it uses that state). */
 #include <pthread.h>
 #include <time.h>
 
@@ -40,7 +42,7 @@ void watch_add(void (*check)(void)) {
     pthread_t th;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_attr_setstacksize(&attr, 1024 * 1024); /* room for the reporters' Lua */
     if (pthread_create(&th, &attr, watch_main, NULL) == 0) {
       pthread_detach(th);
       started = true;

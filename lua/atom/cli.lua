@@ -55,6 +55,7 @@ local function parse(args, command)
     if a == "--" then
       for j = i + 1, #args do o.script_args[#o.script_args + 1] = args[j] end
       break
+    elseif a == "--help" or a == "-h" then o.help = true
     elseif a == "-v" then o.verbose = o.verbose + 1
     elseif a == "-q" then o.verbose = o.verbose - 1
     elseif a:sub(1, 2) == "--" then
@@ -88,6 +89,9 @@ local function parse(args, command)
     end
     o[name] = n
     return true
+  end
+  for _, name in ipairs({ "junit", "events", "workdir", "reactor" }) do
+    if o[name] == "" then return nil, ("option --%s needs a non-empty value"):format(name) end
   end
   local ok, err = positive("timeout")
   if not ok then return nil, err end
@@ -151,13 +155,15 @@ local remove_tree = _atom.rm_rf
 
 -- The reporters subscribe to the events forwarded from the file states.
 -- Private `_tick` and `_output` events (the live status line and scenario
--- output while it is shown) go to the console alone. Raises a string error
--- when a report file cannot be opened.
-local function make_reporters(o)
+-- output while it is shown) go to the console alone. `track` sees every
+-- other event first. Raises a string error when a report file cannot be
+-- opened.
+local function make_reporters(o, track)
   local list = {}
   local console = require("atom.report.console")
   local color = console.want_color()
-  local con = console.new({ color = color, live = color, verbose = o.verbose })
+  local con = console.new({ color = color, live = color, verbose = o.verbose, headers = #o.files > 1
+    and o.reactor == nil })
   list[#list + 1] = con
   if o.junit then list[#list + 1] = require("atom.report.junit").new({ path = o.junit }) end
   if o.events then list[#list + 1] = require("atom.report.events").new({ path = o.events }) end
@@ -166,12 +172,47 @@ local function make_reporters(o)
     local ty = ev.type
     if ty == "_tick" then return con:tick(ev) end
     if ty == "_output" then return con:write_user(ev.text) end
+    track(ev)
     for _, r in ipairs(list) do r:on_event(ev) end
   end
   _atom.set_forward(emit, o.events ~= nil or o.html ~= nil) -- every event type only for --events/--html
   events.clock = _atom.now
   events.subscribe(emit)
   return list, color
+end
+
+-- What the control state knows of the tests from their events, so the
+-- results do not depend on a file state ending normally: the counts, and
+-- the tests that started and have not ended (a test abandoned with its
+-- scenario's root, or cut off by the watchdog, still counts as failed).
+local function new_tracker()
+  local tr = { counts = { passed = 0, failed = 0, skipped = 0 }, open = {}, file = nil }
+  function tr.track(ev)
+    local ty = ev.type
+    if ty == "scenario_start" then
+      tr.file = ev.file
+    elseif ty == "scenario_end" then
+      tr.file = nil
+    elseif ty == "test_start" then
+      tr.open[#tr.open + 1] = { name = ev.name, file = ev.file, suite = ev.suite, t = ev.t }
+    elseif ty == "test_end" then
+      local c = tr.counts
+      if c[ev.status] then c[ev.status] = c[ev.status] + 1 end
+      for i, t in ipairs(tr.open) do
+        if t.name == ev.name and t.file == ev.file then table.remove(tr.open, i); break end
+      end
+    end
+  end
+  -- Fail every test still open with a `cancelled` error saying why.
+  function tr.close_open(message)
+    while #tr.open > 0 do
+      local t = tr.open[1]
+      events.emit("test_end", { name = t.name, file = t.file, suite = t.suite, status = "failed",
+        duration = math.max(_atom.now() - (tonumber(t.t) or 0), 0),
+        error = { kind = "cancelled", message = message, task = t.name } })
+    end
+  end
+  return tr
 end
 
 -- Each scenario file's directory inside the run directory when several
@@ -186,6 +227,32 @@ local function file_dirs(run_dir, files)
     dirs[i] = #files > 1 and (run_dir .. "/" .. name) or run_dir
   end
   return dirs
+end
+
+-- A directory given as a scenario stands for its *.lua files (not those
+-- of subdirectories), in sorted order. Returns the list, or nil and why.
+local function expand_dirs(files)
+  local uv = require("luv")
+  local out = {}
+  for _, f in ipairs(files) do
+    local st = uv.fs_stat(f)
+    if st and st.type == "directory" then
+      local found, req = {}, uv.fs_scandir(f)
+      while req do
+        local name = uv.fs_scandir_next(req)
+        if not name then break end
+        local path = f:gsub("/+$", "") .. "/" .. name
+        local pst = name:match("%.lua$") and uv.fs_stat(path)
+        if pst and pst.type == "file" then found[#found + 1] = path end
+      end
+      if #found == 0 then return nil, ("no *.lua file in directory %s"):format(f) end
+      table.sort(found)
+      for _, p in ipairs(found) do out[#out + 1] = p end
+    else
+      out[#out + 1] = f
+    end
+  end
+  return out
 end
 
 local function check_files(files)
@@ -204,6 +271,11 @@ end
 local function run_command(o, argv, command)
   if command == "run" and #o.files == 0 then return usage_error("run needs at least one scenario file") end
   if command == "trace" and not o.reactor then return usage_error("trace needs --reactor REACTOR.lua") end
+  if command == "run" then
+    local files, derr = expand_dirs(o.files)
+    if not files then return bad_input(derr) end
+    o.files = files
+  end
   local ok, err = check_files(command == "trace" and { o.reactor } or o.files)
   if not ok then return bad_input(err) end
   local prepared
@@ -232,7 +304,8 @@ local function run_command(o, argv, command)
   end
   local shard_empty = o.shard and #(prepared and prepared.paths or o.files) == 0
   local seed = o.seed or fresh_seed()
-  local okr, reporters, live = pcall(make_reporters, o)
+  local tracker = new_tracker()
+  local okr, reporters, live = pcall(make_reporters, o, tracker.track)
   if not okr then return bad_input(tostring(reporters)) end
   _atom.set_limits(o.timeout, o.grace or 10)
   local workdir = o.workdir or ".atomlua/runs"
@@ -247,8 +320,82 @@ local function run_command(o, argv, command)
   end
   events.emit("run_start", { version = _atom.version, argv = argv, seed = seed, shard = o.shard,
     command = require("atom.report.common").rerun_command(argv, seed) })
-  local total = { passed = 0, failed = 0, skipped = 0 }
+  local total = tracker.counts
   local scenario_error, matched, exit_override, fail_fast_hit, scenario_error_file = false, false, nil, false, nil
+
+  -- The end of the run: exit status, closing lines, run_end, reports. Also
+  -- called by the watchdog thread (src/main.c) when the loop is stuck, with
+  -- the status it exits with.
+  local finished = false
+  local function finish(hard_exit)
+    if finished then return hard_exit end
+    finished = true
+    local stop, stop_message = _atom.stop_reason()
+    if hard_exit then
+      local why = (stop_message or "cancelled") .. " (the watchdog ended the run: it did not stop"
+        .. " within the cleanup grace)"
+      local had_open = #tracker.open > 0
+      tracker.close_open(why)
+      if tracker.file then
+        events.emit("scenario_end", { file = tracker.file, status = "error", _quiet = had_open,
+          error = { kind = "cancelled", message = why } })
+      end
+    end
+    local exit, reason, reason_text = 0, "done", nil
+    if stop and stop:match("^SIG") then
+      exit = ({ SIGINT = 130, SIGTERM = 143, SIGHUP = 129 })[stop]
+      reason, reason_text = stop, "interrupted by " .. stop
+    elseif stop == "timeout" then
+      exit, reason, reason_text = 124, "timeout", ("timed out after %.14gs"):format(o.timeout)
+    elseif exit_override then
+      exit = exit_override
+    elseif o.filter and not matched then
+      exit = 2
+      reason_text = ("no test matched --filter %q"):format(o.filter)
+    elseif scenario_error then
+      -- Not a reason in run_end's sense: a scenario error stops no other file.
+      exit, reason_text = 3, "scenario error in " .. tostring(scenario_error_file)
+    elseif total.failed > 0 then
+      exit = 1
+    end
+    if hard_exit then exit = hard_exit end
+    if fail_fast_hit and exit <= 1 then reason, reason_text = "fail-fast", "stopped by --fail-fast" end
+    if exit == 2 then io.stderr:write("atomlua: ", reason_text, "\n") end
+    -- A report or process log not written completely: exit at least 3
+    -- (SPEC §1's precedence). The JUnit report is written first, so that
+    -- run_end and the run directory's fate know how it went.
+    local lost = _atom.log_errors() > 0
+    local function finish_one(r, summary)
+      local okf, ferr = pcall(r.finish, r, summary)
+      if not okf then
+        io.stderr:write("atomlua: ", tostring(ferr), "\n")
+        lost = true
+      end
+    end
+    local summary = { seed = seed, argv = argv }
+    for _, r in ipairs(reporters) do
+      if r.before_run_end then finish_one(r, summary) end -- the JUnit report
+    end
+    for _, r in ipairs(reporters) do
+      if r.write_error then lost = true end -- the event log, so far
+    end
+    if lost and exit <= 1 then exit = 3 end
+    local kept = exit ~= 0 or o.keep
+    if not kept then remove_tree(run_dir) end
+    summary = { passed = total.passed, failed = total.failed, skipped = total.skipped, exit = exit,
+      reason = reason, reason_text = exit ~= 2 and reason_text or nil, seed = seed, argv = argv,
+      run_dir = kept and run_dir or nil, shard = o.shard }
+    events.emit("run_end", { passed = total.passed, failed = total.failed, skipped = total.skipped,
+      exit = exit, reason = reason })
+    for _, r in ipairs(reporters) do
+      if not r.before_run_end then finish_one(r, summary) end
+    end
+    if lost and exit <= 1 then exit = 3 end
+    if _atom.leaks_found() then return exit == 0 and 1 or exit end
+    return exit
+  end
+  _atom.set_emergency(finish)
+
   local units = command == "trace" and { { file = o.reactor, entry = "atom.scenario" } } or {}
   if command == "run" then
     for _, f in ipairs(o.files) do units[#units + 1] = { file = f, entry = "atom.scenario" } end
@@ -274,9 +421,10 @@ local function run_command(o, argv, command)
       scenario_error = true
       scenario_error_file = scenario_error_file or u.file
     end
-    total.passed = total.passed + (res.passed or 0)
-    total.failed = total.failed + (res.failed or 0)
-    total.skipped = total.skipped + (res.skipped or 0)
+    -- Tests that never ended (abandoned with their root) failed.
+    local stop, stop_message = _atom.stop_reason()
+    tracker.close_open((stop and stop_message or "cancelled: the scenario ended")
+      .. " (abandoned: the test kept running past its cleanup grace)")
     matched = matched or res.matched
     if res.scenario_error then
       scenario_error = true
@@ -285,39 +433,7 @@ local function run_command(o, argv, command)
     if res.exit_code then exit_override = res.exit_code; break end
     if res.fail_fast_hit then fail_fast_hit = true end
   end
-  local stop = _atom.stop_reason()
-  local exit, reason, reason_text = 0, "done", nil
-  if stop and stop:match("^SIG") then
-    exit = ({ SIGINT = 130, SIGTERM = 143, SIGHUP = 129 })[stop]
-    reason, reason_text = stop, "interrupted by " .. stop
-  elseif stop == "timeout" then
-    exit, reason, reason_text = 124, "timeout", ("timed out after %.14gs"):format(o.timeout)
-  elseif exit_override then
-    exit = exit_override
-  elseif o.filter and not matched then
-    exit = 2
-    reason_text = ("no test matched --filter %q"):format(o.filter)
-  elseif scenario_error then
-    -- Not a reason in run_end's sense: a scenario error stops no other file.
-    exit, reason_text = 3, "scenario error in " .. tostring(scenario_error_file)
-  elseif total.failed > 0 then
-    exit = 1
-  end
-  if fail_fast_hit and exit <= 1 then reason, reason_text = "fail-fast", "stopped by --fail-fast" end
-  if exit == 2 then io.stderr:write("atomlua: ", reason_text, "\n") end
-  local kept = exit ~= 0 or o.keep
-  if not kept then remove_tree(run_dir) end
-  local summary = { passed = total.passed, failed = total.failed, skipped = total.skipped, exit = exit,
-    reason = reason, reason_text = exit ~= 2 and reason_text or nil, seed = seed, argv = argv,
-    run_dir = kept and run_dir or nil, shard = o.shard }
-  events.emit("run_end", { passed = total.passed, failed = total.failed, skipped = total.skipped,
-    exit = exit, reason = reason })
-  for _, r in ipairs(reporters) do
-    local okf, ferr = pcall(r.finish, r, summary)
-    if not okf then io.stderr:write("atomlua: ", tostring(ferr), "\n") end
-  end
-  if _atom.leaks_found() then return exit == 0 and 1 or exit end
-  return exit
+  return finish()
 end
 
 -- The directory of the LuaLS annotations (types/atom.lua): installed beside
@@ -394,6 +510,10 @@ function M.main(args)
   local rest = { table.unpack(args, 2) }
   local o, err = parse(rest, command)
   if not o then return usage_error(err) end
+  if o.help then -- `atomlua run --help` is `atomlua help run`
+    io.stdout:write(USAGE, "\n", HELP_RUN)
+    return 0
+  end
   return run_command(o, args, command)
 end
 

@@ -26,6 +26,7 @@ M.failed_causes = setmetatable({}, { __mode = "k" })
 -- children, atom.sched may call this with their name prefix, so a report can
 -- say what each was waiting for (see atom.report.evidence).
 sched.on_unwind = evidence.note_cancelling
+sched.on_test_deadline = evidence.note_waiting
 
 --- Log tails of the processes a failed test owned (atom.proc keeps them).
 ---@param task userdata the test's task
@@ -41,6 +42,12 @@ local function failure_fields(ev, err, task)
   -- an unjoined child's string error: the child is the task that failed
   ev._task = errors.is(err) and err.task or (x and x.child_task) or (task and _atom.task_name(task)) or nil
   ev._traceback = errors.is(err) and err.traceback or (x and (x.child_traceback or x.traceback)) or nil
+  -- An error that came from elsewhere (a critical process died) and has no
+  -- position of its own: name where the task was waiting when it hit it.
+  if x and x.waiting_where and errors.is(err) and not err.where then
+    ev._where = x.waiting_where
+    ev._traceback = x.waiting_traceback or ev._traceback
+  end
   ev._cleanup_errors = x and x.cleanup_errors or nil
   if task then ev._tails = M.collect_tails(task) end
   local kind = errors.is(err) and err.kind or "error"
@@ -55,31 +62,17 @@ local function failure_fields(ev, err, task)
 end
 M.failure_fields = failure_fields
 
--- Run fn as the test's task and wait for it. A timeout is a sleeping
--- sibling watch rather than a deadline on the task, so that the moment it
--- expires the runner can note what the test's tasks were waiting for before
--- cancelling them (a deadline cancels from C, where that is gone).
+-- Run fn as the test's task and wait for it. Its timeout is a deadline on
+-- the task, like atom.timeout's: the scheduler's preemption reaches a test
+-- that never yields, then its grace, then abandonment. Right before the
+-- deadline cancels it, atom.sched.on_test_deadline notes what its tasks
+-- were waiting for (the cancellation ends those waits).
 -- Returns the task's status and first value, whether it timed out, the task.
 local function run_test_task(name, fn, timeout)
   local g = _atom.group()
-  local t = _atom.spawn(g, name, sched.OWNER, nil, fn)
-  if timeout then
-    _atom.spawn(g, name .. " (timeout)", 0, nil, function() _atom.sleep(timeout) end)
-  end
-  local status, value, timed_out
-  while true do
-    local i, st, v = _atom.group_next(g)
-    if not i then break end
-    if i == 1 then
-      status, value = st, v
-      if timeout and not timed_out then _atom.group_cancel(g, "cancelled: the test ended") end
-    elseif st == "done" and status == nil then -- the watch slept out first
-      timed_out = true
-      evidence.note_waiting(name)
-      _atom.group_cancel(g, ("cancelled: test %q timed out after %s"):format(name, fmt_secs(timeout)))
-    end
-  end
-  return status, value, timed_out, t
+  local t = _atom.spawn(g, name, sched.OWNER, timeout, fn)
+  local _, status, value = _atom.group_next(g)
+  return status, value, timeout ~= nil and _atom.deadline_expired(t), t
 end
 
 ---@param name string
@@ -111,6 +104,11 @@ function M.test(name, fn, opts)
       { task = name, traceback = false })
   elseif status ~= "done" then
     err = value
+  elseif _atom.stop_reason and _atom.stop_reason() then
+    -- It ended after --timeout or a signal cancelled it, without reaching
+    -- a checkpoint: it was stopped all the same (SPEC §2 cancelled tests).
+    local _, message = _atom.stop_reason()
+    err = errors.new("cancelled", message, { task = name, traceback = false })
   end
   if err == nil then
     ev.status = "passed"
@@ -131,6 +129,29 @@ function M.test(name, fn, opts)
   end
   _atom.checkpoint("test") -- a test cancelled from outside does not return
   return err == nil
+end
+
+--- Fail the tests still running when the scenario's root has ended: they
+--- were abandoned with it (they kept running past the cleanup grace), so
+--- atom.test never returned for them. Returns how many there were.
+---@param message string why, e.g. "cancelled: run timed out after 2s"
+function M.fail_abandoned(message)
+  local now, list = _atom.now(), {}
+  for name, r in pairs(evidence.running) do
+    for _ = 1, r.n do list[#list + 1] = { name = name, start = r.start } end
+  end
+  table.sort(list, function(a, b) return a.start < b.start end)
+  for _, r in ipairs(list) do
+    local notes = evidence.test_ended(r.name)
+    counts.failed = counts.failed + 1
+    failed_names[#failed_names + 1] = r.name
+    local ev = { name = r.name, file = state.file, suite = state.suite, duration = now - r.start,
+      status = "failed", _forensics = notes }
+    failure_fields(ev, errors.new("cancelled", message .. " (abandoned: the test kept running"
+      .. " past its cleanup grace)", { task = r.name, traceback = false }))
+    events.emit("test_end", ev)
+  end
+  return #list
 end
 
 ---@param name string

@@ -61,7 +61,10 @@ end
 
 --- Called by src/main.c right before --timeout or a signal cancels the
 --- root: note what each running test was waiting for.
-function M.before_stop() evidence.note_waiting(nil) end
+function M.before_stop()
+  state.tests_at_stop = next(evidence.running) ~= nil
+  evidence.note_waiting(nil)
+end
 
 ---@param cfg table {file=, args=, seed=, run_dir=, file_dir=, filter=, grace=, fail_fast=, verbose=, live=}
 function M.main(cfg)
@@ -115,7 +118,9 @@ function M.main(cfg)
       .. "machine's memory)"):format(cfg.file)
   end
   local ev = { file = cfg.file, suite = cfg.suite, status = "ok" }
-  local stopping = _atom.stop_reason and _atom.stop_reason() or nil
+  local stopping, stop_message
+  if _atom.stop_reason then stopping, stop_message = _atom.stop_reason() end
+  local abandoned = runner.fail_abandoned(stop_message or "cancelled: the scenario ended")
   local scenario_error = false
   -- A scenario-owned critical process that died while tests ran failed
   -- those tests; the scenario stopped, but that is no scenario error.
@@ -126,6 +131,12 @@ function M.main(cfg)
     ev.status = "error"
     runner.failure_fields(ev, err, root)
     ev._forensics = evidence.take_scenario_notes()
+  elseif not ok and stopping then
+    -- Stopped by --timeout or a signal: not "ok". When it stopped running
+    -- tests, their failures say it already; the reports show no more.
+    ev.status = "error"
+    runner.failure_fields(ev, err, root)
+    ev._quiet = state.tests_at_stop or abandoned > 0
   end
   events.emit("scenario_end", ev)
   runner.close_luv_handles()

@@ -21,6 +21,14 @@ local function handler(e)
   if getmetatable(e) == error_mt then
     -- cancellations (_t set) compute theirs lazily, on first read
     if rawget(e, "traceback") == nil and rawget(e, "_t") == nil then e.traceback = traceback(tostring(e), 2) end
+    -- A task whose outcome a child's or a critical process's error replaces
+    -- (x.override): keep where it was waiting, and how it got there.
+    if rawget(e, "child_error") ~= nil then
+      local x = _atom.extra(false)
+      if x and x.override ~= nil and x.waiting_where == nil then
+        x.waiting_where, x.waiting_traceback = e.where or false, traceback(tostring(e), 2)
+      end
+    end
   else
     local x = _atom.extra(true)
     if x then x.traceback = traceback(tostring(e), 2) end

@@ -58,7 +58,8 @@ local function walk(uv, dir, out, visited)
 end
 
 --- The trace files named by the TRACE arguments: a file as given, a directory
---- searched recursively for *.itf.json, each directory's files sorted by path.
+--- searched recursively for *.itf.json, each directory's files sorted by path
+--- (a directory holding none raises `itf`: exit 2 before anything runs).
 --- Returns the list and, in parallel, the argument each file came from.
 ---@param paths string[] the TRACE arguments, in order
 ---@return string[] files, string[] from
@@ -79,6 +80,9 @@ function M.collect(paths)
       local found = {}
       walk(uv, (arg:gsub("(.)/+$", "%1")), found, {})
       table.sort(found)
+      if #found == 0 then
+        errors.raise("itf", ("no trace (*%s) in directory %s"):format(SUFFIX, arg), { trace_file = arg })
+      end
       for _, f in ipairs(found) do
         files[#files + 1], from[#from + 1] = f, arg
       end

@@ -183,3 +183,117 @@ describe("atomlua run", function()
     assert.matches("tasks=0 handles=0 refs=0 children=0", r.err)
   end)
 end)
+
+describe("command line edges", function()
+  it("--help and -h after run or trace print the options, like help run", function()
+    for _, a in ipairs({ { "run", "--help" }, { "run", "-h" }, { "trace", "-h" }, { "--help" }, { "-h" } }) do
+      local r = cli.run(a)
+      assert.equals(0, r.code, table.concat(a, " ") .. ": " .. r.err)
+      assert.matches("usage: atomlua run", r.out)
+    end
+    assert.matches("%-%-timeout SECS", cli.run({ "run", "-h" }).out)
+  end)
+
+  it("a directory as a scenario runs its *.lua files in sorted order, with a header each", function()
+    local dir = S(""):gsub("%.lua$", ".d")
+    assert(os.execute("mkdir -p " .. cli.q(dir)))
+    for name, src in pairs({ ["b.lua"] = "atom.test('from b', function() end)",
+      ["a.lua"] = "atom.test('from a', function() end)", ["notes.txt"] = "not lua" }) do
+      local f = assert(io.open(dir .. "/" .. name, "w"))
+      f:write(src)
+      f:close()
+    end
+    local r = cli.run({ "run", dir })
+    assert.equals(0, r.code, r.out .. r.err)
+    assert.matches("▸▸ [^\n]*/a%.lua\n✓ from a [^\n]*\n▸▸ [^\n]*/b%.lua\n✓ from b ", r.out)
+    assert.equals("2 passed, 0 failed", last_line(r.out))
+    -- one file: no header
+    assert.not_matches("▸▸", cli.run({ "run", dir .. "/a.lua" }).out)
+    os.execute("rm -rf " .. cli.q(dir))
+  end)
+
+  it("exits 2 on an empty --junit, --events or --workdir, a directory without scenarios or traces", function()
+    for _, opt in ipairs({ "--junit", "--events", "--workdir" }) do
+      local r = cli.run({ "run", opt, "", S "" })
+      assert.equals(2, r.code, opt)
+      assert.matches("option " .. opt:gsub("%-", "%%-") .. " needs a non%-empty value", r.err)
+    end
+    local empty = S(""):gsub("%.lua$", ".d")
+    assert(os.execute("mkdir -p " .. cli.q(empty)))
+    local r = cli.run({ "run", empty })
+    assert.equals(2, r.code)
+    assert.matches("no %*%.lua file in directory", r.err)
+    local reactor = S "return { steps = {} }"
+    r = cli.run({ "trace", "--reactor", reactor, empty })
+    assert.equals(2, r.code)
+    assert.matches("no trace %(%*%.itf%.json%) in directory", r.err)
+    os.execute("rm -rf " .. cli.q(empty))
+  end)
+end)
+
+describe("reports that cannot be written", function()
+  local function has(path) return io.open(path) ~= nil end
+
+  it("--junit and --events on a full device: said on stderr, exit 3, the device stays", function()
+    -- a private node of /dev/full (1, 7): a regression cannot replace the real one
+    local full = S(""):gsub("%.lua$", ".full")
+    if not os.execute("mknod -m 666 " .. cli.q(full) .. " c 1 7 2>/dev/null") then
+      pending("mknod refused (not root?)")
+      return
+    end
+    finally(function() os.remove(full) end)
+    local pf = cli.plain(full)
+    local r = cli.run({ "run", "--junit", full, S "atom.test('ok', function() end)" })
+    assert.equals(3, r.code, r.out .. r.err)
+    assert.matches("cannot write JUnit report " .. pf .. ": No space left on device", r.err)
+    local h = io.popen("stat -c %F " .. cli.q(full))
+    assert.equals("character special file", h:read("l"))
+    h:close()
+    r = cli.run({ "run", "--events", full, S "atom.test('ok', function() end)" })
+    assert.equals(3, r.code)
+    assert.matches("cannot write events file " .. pf .. ": No space left on device", r.err)
+    -- a failed test's 1 stays below 3; a timeout's 124 stays above
+    r = cli.run({ "run", "--junit", full, S "atom.test('no', function() error('x') end)" })
+    assert.equals(3, r.code)
+    r = cli.run({ "run", "--timeout", "0.3", "--junit", full, S "atom.sleep(10)" })
+    assert.equals(124, r.code)
+  end)
+
+  it("--junit writes through a symlink, which stays", function()
+    local target = S(""):gsub("%.lua$", ".xml")
+    local link = target .. ".link"
+    assert(os.execute(("echo old > %s && ln -s %s %s"):format(cli.q(target), cli.q(target), cli.q(link))))
+    local r = cli.run({ "run", "--junit", link, S "atom.test('ok', function() end)" })
+    assert.equals(0, r.code, r.err)
+    local h = io.popen("stat -c %F " .. cli.q(link))
+    assert.equals("symbolic link", h:read("l"))
+    h:close()
+    assert.matches('<testcase name="ok"', cli.slurp(target))
+    assert.is_false(has(target .. ".tmp"))
+    os.remove(link)
+    os.remove(target)
+  end)
+
+  it("on a full disk: JUnit, events and process logs each named on stderr, exit 3", function()
+    local mnt = S(""):gsub("%.lua$", ".mnt")
+    assert(os.execute("mkdir -p " .. cli.q(mnt)))
+    if not os.execute("mount -t tmpfs -o size=64k tmpfs " .. cli.q(mnt) .. " 2>/dev/null") then
+      os.execute("rmdir " .. cli.q(mnt))
+      pending("mount -t tmpfs refused (not root?)")
+      return
+    end
+    finally(function() os.execute("umount " .. cli.q(mnt) .. "; rmdir " .. cli.q(mnt)) end)
+    -- the process log fills the disk first; the reports then find no room
+    local r = cli.run({ "run", "--workdir", mnt .. "/runs", "--junit", mnt .. "/j.xml",
+      "--events", mnt .. "/e.ndjson", S [[
+        atom.test("logs", function()
+          atom.exec{ "sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo" }
+        end)
+        for i = 1, 100 do atom.skip("filler " .. i .. (" pad"):rep(20)) end
+      ]] })
+    assert.equals(3, r.code, r.out .. r.err)
+    assert.matches("cannot write process log " .. cli.plain(mnt) .. "/runs/[^\n]*/logs/exec%.log: No space left on device", r.err)
+    assert.matches("cannot write JUnit report " .. cli.plain(mnt) .. "/j%.xml: No space left on device", r.err)
+    assert.matches("cannot write events file " .. cli.plain(mnt) .. "/e%.ndjson: No space left on device", r.err)
+  end)
+end)

@@ -449,3 +449,129 @@ describe("colour and the live status line", function()
     assert.is_nil(r.out:find("\r", 1, true))
   end)
 end)
+
+describe("tests that never yield, stopped runs and the watchdog", function()
+  -- The run's wall time in seconds, so a hang fails rather than waits.
+  local function timed(fn)
+    local t0 = os.time()
+    local r = fn()
+    return r, os.time() - t0
+  end
+
+  it("a test's own timeout stops a test that never yields, and the run goes on", function()
+    local junit = work .. "/j.xml"
+    local r, secs = timed(function()
+      return run({ "run", "--grace", "1", "--junit", junit, S [[
+        atom.test("spins", function() while true do end end, 1)
+        atom.test("next", function() end)
+      ]] }, { env = "timeout -s KILL 60" }) -- a hang fails, not waits
+    end)
+    assert.equals(1, r.code, r.out .. r.err)
+    assert.matches('✗ spins %([%d.]+s%)\n  [^\n]*test "spins" timed out after 1s\n', r.out)
+    assert.matches("✓ next", r.out)
+    assert.equals("1 passed, 1 failed", last_line(r.out))
+    assert.matches("abandoned task spins", r.err)
+    assert.is_true(secs < 30, "took " .. secs .. "s")
+    validate(junit)
+    assert.matches('<error message="test &quot;spins&quot; timed out after 1s" type="timeout">', slurp(junit))
+  end)
+
+  it("a test abandoned at --timeout counts as failed in every report", function()
+    local junit, evs = work .. "/j.xml", work .. "/e.ndjson"
+    local r = run({ "run", "--timeout", "1", "--grace", "1", "--junit", junit, "--events", evs, S [[
+      atom.test("first", function() end)
+      atom.test("spins", function() while true do end end)
+    ]] })
+    assert.equals(124, r.code, r.out .. r.err)
+    assert.matches("✗ spins %([%d.]+s%)\n  cancelled: run timed out after 1s %(abandoned", r.out)
+    assert.equals("1 passed, 1 failed", last_line(r.out))
+    validate(junit)
+    local t = attrs(slurp(junit), "testsuite")
+    assert.same({ "2", "1" }, { t.tests, t.errors })
+    local seen = {}
+    for l in slurp(evs):gmatch("[^\n]+") do
+      local ev = cjson.decode(l)
+      seen[#seen + 1] = ev
+    end
+    local ends = {}
+    for _, ev in ipairs(seen) do if ev.type:match("_end$") then ends[#ends + 1] = ev end end
+    assert.same({ "test_end", "test_end", "scenario_end", "run_end" },
+      { ends[1].type, ends[2].type, ends[3].type, ends[4].type })
+    assert.same({ "spins", "failed", "cancelled" }, { ends[2].name, ends[2].status, ends[2].error.kind })
+    assert.matches("cancelled: run timed out after 1s", ends[2].error.message)
+    assert.equals("error", ends[3].status)
+    assert.same({ 1, 1, 124, "timeout" }, { ends[4].passed, ends[4].failed, ends[4].exit, ends[4].reason })
+  end)
+
+  it("a test that ends without a checkpoint after a signal stopped the run failed", function()
+    local r = cli.run_signal({ "run", "--workdir", work .. "/runs", S [[
+      atom.test("busy", function()
+        print("ready")
+        local t = os.clock() + 2
+        while os.clock() < t do end
+      end)
+    ]] }, "ready", "INT")
+    assert.equals(130, r.code, r.out .. r.err)
+    assert.matches("✗ busy %([%d.]+s%)\n  [^\n]*cancelled: interrupted by SIGINT\n", r.out)
+    assert.equals("0 passed, 1 failed", last_line(r.out))
+  end)
+
+  it("the watchdog's hard exit still writes JUnit, test_end, scenario_end and run_end", function()
+    local fifo = work .. "/fifo"
+    assert(os.execute("mkfifo " .. q(fifo)))
+    local junit, evs = work .. "/j.xml", work .. "/e.ndjson"
+    -- Opening a FIFO nobody writes to blocks in C: neither the loop nor
+    -- preemption gets control back, only the watchdog thread.
+    local r, secs = timed(function()
+      return run({ "run", "--timeout", "1", "--grace", "1", "--junit", junit, "--events", evs,
+        S(([[
+          atom.test("first", function() end)
+          atom.test("blocks", function() io.open(%q, "r") end)
+        ]]):format(fifo)) })
+    end)
+    assert.equals(124, r.code, r.out .. r.err)
+    assert.is_true(secs < 20, "took " .. secs .. "s")
+    assert.matches("cleanups did not finish in time", r.err)
+    assert.matches("✗ blocks %([%d.]+s%)\n  cancelled: run timed out after 1s %(the watchdog ended", r.out)
+    assert.matches("timed out after 1s\nseed %d+: [^\n]+\n1 passed, 1 failed\n$", r.out)
+    validate(junit)
+    local t = attrs(slurp(junit), "testsuite")
+    assert.same({ "2", "1" }, { t.tests, t.errors })
+    local types, last = {}, nil
+    for l in slurp(evs):gmatch("[^\n]+") do
+      last = cjson.decode(l)
+      types[#types + 1] = last.type
+    end
+    assert.same({ "test_end", "scenario_end", "run_end" }, { types[#types - 2], types[#types - 1], types[#types] })
+    assert.same({ 1, 1, 124, "timeout" }, { last.passed, last.failed, last.exit, last.reason })
+  end)
+end)
+
+describe("a critical process's death in a failure report", function()
+  it("names the line the test waited on, shows the tail once, cuts long lines; -v says the code", function()
+    local evs = work .. "/e.ndjson"
+    local path = S [[
+      atom.test("node dies", function()
+        atom.spawn{ "sh", "-c", "echo starting; printf '%0600d\n' 7; sleep 0.3; exit 1",
+          name = "n1", critical = true }
+        atom.sleep(30)
+      end)
+    ]]
+    local r = run({ "run", "-v", "--events", evs, path })
+    assert.equals(1, r.code, r.out .. r.err)
+    local block = r.out:match("✗ node dies.-\nrun directory")
+    assert.is_string(block, r.out)
+    assert.matches("\n  " .. plain(path) .. ":4: process n1 %(pid %d+%) exited unexpectedly: code 1\n", block)
+    assert.matches("traceback:\n    " .. plain(path) .. ":4:", block)
+    local _, tails = block:gsub("| starting", "")
+    assert.equals(1, tails) -- the tail once, not in the message and again below it
+    assert.matches("| " .. ("0"):rep(500) .. "… %(100 more bytes%)\n", block)
+    assert.matches("%[n1%] pid %d+ exited: code 1 %(unexpected%)", r.out)
+    for l in slurp(evs):gmatch("[^\n]+") do
+      local ev = cjson.decode(l)
+      if ev.type == "test_end" then
+        assert.same({ path, 4, "process" }, { ev.error.file, ev.error.line, ev.error.kind })
+      end
+    end
+  end)
+end)

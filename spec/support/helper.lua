@@ -3,3 +3,21 @@
 -- processes (make check), and every spec sees the same build.
 package.cpath = (os.getenv("ATOMLUA_CPATH") or "./build/?.so") .. ";" .. package.cpath
 require "atom"
+
+-- Everything the specs leave in $TMPDIR (module mode's kept run directories,
+-- the CLI specs' scenario files and workdirs: see support/cli.lua) goes to
+-- one private directory, removed when busted exits: the suite leaves nothing
+-- behind in /tmp or in the tree.
+do
+  local uv = require "luv"
+  local base = (os.getenv("TMPDIR") or "/tmp"):gsub("/+$", "")
+  local dir = assert(uv.fs_mkdtemp(base .. "/atomlua-spec-XXXXXX"))
+  uv.os_setenv("TMPDIR", dir)
+  local ok, busted = pcall(require, "busted")
+  if ok and type(busted) == "table" and busted.subscribe then
+    busted.subscribe({ "exit" }, function()
+      os.execute("rm -rf '" .. dir .. "'")
+      return nil, true
+    end)
+  end
+end

@@ -112,6 +112,34 @@ function M.script_frames(tb)
   return frames
 end
 
+--- Lines longer than this many bytes are cut in failure reports (a process
+--- printing a 1 MB JSON line must not flood the console or JUnit).
+M.LINE_MAX = 500
+
+--- `s` with each line longer than LINE_MAX bytes cut (at a UTF-8 character
+--- boundary) and marked "… (N more bytes)".
+---@param s any
+function M.cut_lines(s)
+  s = tostring(s)
+  if #s <= M.LINE_MAX then return s end
+  return (s:gsub("[^\n]+", function(l)
+    if #l <= M.LINE_MAX then return nil end
+    local n = M.LINE_MAX
+    while n > 0 and (l:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
+    return l:sub(1, n) .. ("… (%d more bytes)"):format(#l - n)
+  end))
+end
+
+-- A process's log tail with its long lines cut.
+local function cut_tail(t)
+  if type(t) ~= "table" or type(t.lines) ~= "table" then return t end
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  out.lines = {}
+  for i, l in ipairs(t.lines) do out.lines[i] = M.cut_lines(l) end
+  return out
+end
+
 local function strings(list)
   local out = {}
   if type(list) == "table" then
@@ -140,11 +168,24 @@ function M.failure(ev)
   local cleanup = strings(ev._cleanup_errors)
   if #cleanup == 0 and type(raw) == "table" then cleanup = strings(raw.cleanup_errors) end
   local rpc = type(ev._last_rpc) == "table" and ev._last_rpc or nil
+  local tails = {}
+  for _, t in ipairs(type(ev._tails) == "table" and ev._tails or {}) do tails[#tails + 1] = cut_tail(t) end
+  -- A process error quotes its process's tail; when the block lists that
+  -- tail anyway, the error's first line is enough (the tail shows once).
+  if err.kind == "process" and type(raw) == "table" and raw.process ~= nil then
+    for _, t in ipairs(tails) do
+      if t.name == raw.process then
+        err = { kind = err.kind, message = err.message:match("^[^\n]*"), file = err.file,
+          line = err.line, task = err.task }
+        break
+      end
+    end
+  end
+  err.message = M.cut_lines(err.message)
   return {
     error = err, where = where, task = err.task, frames = M.script_frames(tb),
     cleanup = cleanup, also = type(raw) == "table" and strings(raw.also) or {},
-    forensics = strings(ev._forensics), rpc = rpc,
-    tails = type(ev._tails) == "table" and ev._tails or {},
+    forensics = strings(ev._forensics), rpc = rpc, tails = tails,
   }
 end
 

@@ -25,7 +25,8 @@ end
 
 --- A console reporter.
 ---@param opts table|nil {out = file-like with :write (io.stdout), color = boolean,
----  verbose = -1|0|1, live = boolean (default: color), width = columns of the live line (80)}
+---  verbose = -1|0|1, live = boolean (default: color), width = columns of the live line (80),
+---  headers = boolean (a "▸▸ FILE" line as each scenario file starts; -v always has it)}
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({}, M)
@@ -34,6 +35,7 @@ function M.new(opts)
   self.live = opts.live == nil and self.color or (opts.live and true or false)
   self.verbose = opts.verbose or 0
   self.width = opts.width or 80
+  self.headers = opts.headers and true or false -- a header line per scenario file
   self._live_shown = false -- the status line is on screen and must be cleared
   self._partial = false    -- user output ended without "\n"
   return self
@@ -133,21 +135,22 @@ function M:on_event(ev)
   local ty, v = ev.type, self.verbose
   if ty == "test_end" then
     self:_test_end(ev)
-  elseif ty == "scenario_end" and ev.status == "error" then
+  elseif ty == "scenario_end" and ev.status == "error" and not ev._quiet then
     local lines = { self:_paint("red", "✗") .. " (scenario) " .. tostring(ev.file) }
     for _, l in ipairs(M.failure_block(ev)) do lines[#lines + 1] = l end
     self:_lines(lines)
+  elseif ty == "scenario_start" and (v >= 1 or (self.headers and v >= 0)) then
+    self:_lines({ self:_paint("dim", "▸▸ " .. tostring(ev.file)) })
   elseif v >= 1 then
     if ty == "test_start" then
       self:_lines({ self:_paint("dim", "▸ " .. tostring(ev.name)) })
-    elseif ty == "scenario_start" then
-      self:_lines({ self:_paint("dim", "▸▸ " .. tostring(ev.file)) })
     elseif ty == "process_spawn" then
       self:_lines({ self:_paint("dim", ("  [%s] spawned pid %s: %s"):format(
         tostring(ev.name), tostring(ev.pid), argv_text(ev.argv))) })
     elseif ty == "process_exit" then
-      local how = ev.signal and ev.signal ~= "" and ("signal " .. tostring(ev.signal))
-        or ("code " .. tostring(ev.code))
+      -- a missing code or signal arrives as JSON null (a light userdata)
+      local how = type(ev.signal) == "string" and ev.signal ~= "" and ("signal " .. ev.signal)
+        or ("code " .. (math.type(ev.code) and tostring(ev.code) or "?"))
       self:_lines({ self:_paint("dim", ("  [%s] pid %s exited: %s%s"):format(tostring(ev.name),
         tostring(ev.pid), how, ev.expected == false and " (unexpected)" or "")) })
     end

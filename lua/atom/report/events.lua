@@ -96,20 +96,28 @@ function M.run_end_from(summary, t)
 end
 
 --- Write one event as a line (flushed). `t` is clamped to be non-decreasing.
+--- The first failed write or flush is kept in `write_error` (and writing stops).
 ---@param ev table
 function M:on_event(ev)
-  if not self.file then return end
-  self.file:write(M.line(self, ev), "\n")
-  self.file:flush()
+  if not self.file or self.write_error then return end
+  local ok, err = self.file:write(M.line(self, ev), "\n")
+  if ok then ok, err = self.file:flush() end
+  if not ok then self.write_error = ("cannot write events file %s: %s"):format(self.path, tostring(err)) end
 end
 
 --- Write `run_end` from the summary unless the runner emitted it, then close.
+--- Raises a string error naming the file when any write, flush or the close
+--- failed (a full disk).
 ---@param summary table {passed=, failed=, skipped=, exit=, reason=}
 function M:finish(summary)
   if not self.file then return end
   if not self.saw_run_end and summary then self:on_event(M.run_end_from(summary, self.last_t)) end
-  self.file:close()
+  local ok, err = self.file:close()
   self.file = nil
+  if not ok and not self.write_error then
+    self.write_error = ("cannot write events file %s: %s"):format(self.path, tostring(err))
+  end
+  if self.write_error then error(self.write_error, 0) end
 end
 
 return M

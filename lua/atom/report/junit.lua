@@ -6,6 +6,9 @@ local common = require("atom.report.common")
 
 local M = {}
 M.__index = M
+-- The CLI writes this report before it emits run_end, so that run_end's
+-- exit status includes a failure to write it.
+M.before_run_end = true
 
 -- {====================================================================
 -- XML text
@@ -35,6 +38,35 @@ function M.attr(s) return (xml_chars(s):gsub("[&<>\"'\t\n\r]", ATTR)) end
 
 -- }====================================================================
 
+-- Where the report goes: PATH itself, or the file a symlink at PATH points
+-- to (written through, the link stays), and that file's type ("file", a
+-- device...; nil when it does not exist yet). Without luv (a stock Lua
+-- loading this module alone) PATH is taken as it is.
+local function resolve(path)
+  local ok, uv = pcall(require, "luv")
+  if not ok then return path, nil end
+  local st = uv.fs_stat(path) -- follows symlinks
+  if st then
+    if st.type == "file" then return uv.fs_realpath(path) or path, "file" end
+    return path, st.type
+  end
+  local target = uv.fs_readlink(path) -- a dangling symlink: create what it names
+  if not target then return path, nil end
+  if target:sub(1, 1) ~= "/" then target = (path:match("^(.*/)") or "") .. target end
+  return target, nil
+end
+
+-- Write `text` to an open file, checking the write, the flush and the close
+-- (a full disk often shows only at the last two). Returns true or nil, why.
+local function write_all(f, text)
+  local ok, err = f:write(text)
+  if ok then ok, err = f:flush() end
+  local cok, cerr = f:close()
+  if not ok then return nil, err end
+  if not cok then return nil, cerr end
+  return true
+end
+
 --- A JUnit reporter writing `opts.path` at finish. Fails at once (raising a
 --- string error) when PATH.tmp cannot be created, so a bad path is found before
 --- the run rather than after it.
@@ -43,10 +75,14 @@ function M.attr(s) return (xml_chars(s):gsub("[&<>\"'\t\n\r]", ATTR)) end
 function M.new(opts)
   local path = opts and opts.path
   if type(path) ~= "string" then error("atom.report.junit.new: opts.path must be a string", 2) end
-  local f, msg = io.open(path .. ".tmp", "w")
-  if not f then error(("cannot write JUnit report: %s"):format(msg or path), 0) end
-  f:close()
-  os.remove(path .. ".tmp")
+  local target, kind = resolve(path)
+  if kind == "directory" then error(("cannot write JUnit report %s: Is a directory"):format(path), 0) end
+  if kind == nil or kind == "file" then
+    local f, msg = io.open(target .. ".tmp", "w")
+    if not f then error(("cannot write JUnit report: %s"):format(msg or path), 0) end
+    f:close()
+    os.remove(target .. ".tmp")
+  end
   return setmetatable({ path = path, start_time = opts.start_time or os.time(),
     name = opts.name or "atomlua", suites = {}, by_key = {}, file_t0 = {} }, M)
 end
@@ -122,7 +158,7 @@ function M:on_event(ev)
     add(suite, case, t)
   elseif ty == "scenario_end" then
     local key = ev.file or "?"
-    if ev.status == "error" then
+    if ev.status == "error" and not ev._quiet then
       local suite = self:_suite(key, t)
       local err, body, out = failure_texts(ev)
       local t0 = self.file_t0[key]
@@ -189,19 +225,34 @@ function M:render(summary)
   return table.concat(buf, "\n") .. "\n"
 end
 
---- Write the report to PATH.tmp, then rename it to PATH. Raises a string
---- error naming the path when that fails.
+--- Write the report: a regular file (or none yet) through PATH.tmp and a
+--- rename, so readers never see half a report — next to the symlink's target
+--- when PATH is a symlink, which stays. Anything else (a device, a FIFO) is
+--- written in place and never replaced. Raises a string error naming PATH
+--- when any write, flush, close or the rename fails.
 ---@param summary table the run summary (seed and argv are used)
 function M:finish(summary)
-  local tmp = self.path .. ".tmp"
+  local target, kind = resolve(self.path)
+  local function fail(why)
+    error(("cannot write JUnit report %s: %s"):format(self.path, tostring(why)), 0)
+  end
+  if kind == "directory" then fail("Is a directory") end
+  local text = self:render(summary)
+  if kind ~= nil and kind ~= "file" then
+    local f, msg = io.open(target, "w")
+    if not f then fail(msg) end
+    local ok, werr = write_all(f, text)
+    if not ok then fail(werr) end
+    return
+  end
+  local tmp = target .. ".tmp"
   local f, msg = io.open(tmp, "w")
-  if not f then error(("cannot write JUnit report: %s"):format(msg or tmp), 0) end
-  local ok, werr = f:write(self:render(summary))
-  f:close()
-  if ok then ok, werr = os.rename(tmp, self.path) end
+  if not f then fail(msg) end
+  local ok, werr = write_all(f, text)
+  if ok then ok, werr = os.rename(tmp, target) end
   if not ok then
     os.remove(tmp)
-    error(("cannot write JUnit report %s: %s"):format(self.path, tostring(werr)), 0)
+    fail(werr)
   end
 end
 
