@@ -84,7 +84,16 @@ static void deadline_cb(struct timer *tm) {
   if (t->flags & TF_OWNER) test_deadline_hook(sched_state.L, t);
   char buf[64];
   sched_format_secs(buf, sizeof buf, t->deadline_secs);
-  lua_pushfstring(sched_state.L, "cancelled: timed out after %ss", buf);
+  if (t->flags & TF_TEST) { /* the test's own timeout says whose it was */
+    sched_push_ud(sched_state.L, t);
+    sched_push_name(sched_state.L, -1, t);
+    lua_pushfstring(sched_state.L, "cancelled: test \"%s\" timed out after %ss",
+                    lua_tostring(sched_state.L, -1), buf);
+    lua_replace(sched_state.L, -3);
+    lua_pop(sched_state.L, 1);
+  } else {
+    lua_pushfstring(sched_state.L, "cancelled: timed out after %ss", buf);
+  }
   sched_push_reason(sched_state.L, lua_tostring(sched_state.L, -1));
   sched_cancel_tree(sched_state.L, t, lua_gettop(sched_state.L), false);
   lua_pop(sched_state.L, 2);
