@@ -81,7 +81,7 @@ function M.collect(paths)
       walk(uv, (arg:gsub("(.)/+$", "%1")), found, {})
       table.sort(found)
       if #found == 0 then
-        errors.raise("itf", ("no trace (*%s) in directory %s"):format(SUFFIX, arg), { trace_file = arg })
+        raise("itf", ("no trace (*%s) in directory %s"):format(SUFFIX, arg), { trace_file = arg })
       end
       for _, f in ipairs(found) do
         files[#files + 1], from[#from + 1] = f, arg
