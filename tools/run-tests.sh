@@ -19,11 +19,6 @@ if [ -n "$ATOMLUA_SANITIZE" ]; then
   export LSAN_OPTIONS="suppressions=$PWD/tools/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 fi
-# Whatever the tests leave in $TMPDIR is removed with it (run directories
-# of module mode kept on purpose, scenario files of the CLI specs).
-TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/atomlua-test-XXXXXX")"
-export TMPDIR
-trap 'rm -rf "$TMPDIR"' EXIT
 status=0
 passed=0
 failed=0

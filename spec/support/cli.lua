@@ -13,7 +13,8 @@ local tmp_n = 0
 local function tmp_path(suffix)
   tmp_n = tmp_n + 1
   local base = (os.getenv("TMPDIR") or "/tmp"):gsub("/+$", "")
-  return ("%s/cli-%d-%d%s"):format(base, tmp_n, math.random(1, 1e9), suffix or "")
+  -- short: Lua shortens a source path past about 60 characters in messages
+  return ("%s/c%d-%04x%s"):format(base, tmp_n, math.random(0, 0xffff), suffix or "")
 end
 
 -- `run`/`trace` without --workdir get a fresh one, removed after the run

@@ -12,6 +12,7 @@ do
   local uv = require "luv"
   local base = (os.getenv("TMPDIR") or "/tmp"):gsub("/+$", "")
   local dir = assert(uv.fs_mkdtemp(base .. "/atomlua-spec-XXXXXX"))
+  uv.fs_chmod(dir, tonumber("755", 8)) -- specs run scenarios as other users too
   uv.os_setenv("TMPDIR", dir)
   local ok, busted = pcall(require, "busted")
   if ok and type(busted) == "table" and busted.subscribe then
