@@ -81,10 +81,10 @@ static void test_deadline_hook(lua_State *L, struct task *t) {
 static void deadline_cb(struct timer *tm) {
   struct task *t = container_of(tm, struct task, phase);
   t->deadline_expired = true;
-  if (t->flags & TF_OWNER) test_deadline_hook(sched_state.L, t);
   char buf[64];
   sched_format_secs(buf, sizeof buf, t->deadline_secs);
-  if (t->flags & TF_TEST) { /* the test's own timeout says whose it was */
+  if (t->flags & TF_OWNER) { /* a test's own timeout: notes first, says whose it was */
+    test_deadline_hook(sched_state.L, t);
     sched_push_ud(sched_state.L, t);
     sched_push_name(sched_state.L, -1, t);
     lua_pushfstring(sched_state.L, "cancelled: test \"%s\" timed out after %ss",
