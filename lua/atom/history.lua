@@ -228,6 +228,9 @@ function History:check(opts)
     res.counterexample = { key = ce.key, prefix = ops(ce.prefix), op = describe(events, done, ce.op),
       concurrent = ops(ce.concurrent) }
   end
+  -- the verdict in the event log (and so in the --html report)
+  atom.emit("history_check", { name = self.name, model = res.model, valid = res.valid, ops = res.ops,
+    keys = res.keys, seconds = res.seconds, summary = tostring(res) })
   return res
 end
 
@@ -448,8 +451,10 @@ function Result:html(path)
     :gsub("%%DATA%%", function() return data end)
   local f, err = io.open(path, "w")
   if not f then error(atom.error("io", "html: " .. tostring(err)), 0) end
-  f:write(page)
-  f:close()
+  local ok, werr = f:write(page)
+  local cok, cerr = f:close()
+  if not ok or not cok then error(atom.error("io", ("html: cannot write %s: %s"):format(path, tostring(werr or cerr))), 0) end
+  atom.emit("history_page", { name = self.history.name, path = path })
   return path
 end
 

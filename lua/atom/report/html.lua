@@ -35,6 +35,19 @@ local function err_text(e)
   return (where and (where .. ": ") or "") .. tostring(e.message or e.kind or "")
 end
 
+-- A fault's detail on one line: "node=1 signal=KILL", lists as a,b.
+local function flat(v)
+  if type(v) ~= "table" then return v == nil and "" or tostring(v) end
+  local keys, parts = {}, {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  for _, k in ipairs(keys) do
+    local x = type(v[k]) == "table" and "[" .. flat(v[k]) .. "]" or tostring(v[k])
+    parts[#parts + 1] = math.type(k) == "integer" and x or (tostring(k) .. "=" .. x)
+  end
+  return concat(parts, " ")
+end
+
 -- {==== the model: lanes and marks from the records ====
 
 local function build(records)
@@ -88,14 +101,19 @@ local function build(records)
       end
     elseif ty == "http" or ty == "rpc" or ty == "grpc" or ty == "ws" then
       local label = ty == "http" and format("%s %s → %s", tostring(ev.method), tostring(ev.url), tostring(ev.status))
+        or ty == "grpc" and format("grpc %s %s → %s", tostring(ev.target), tostring(ev.method), tostring(ev.status))
         or format("%s %s %s", ty, tostring(ev.url or ev.target or ""), tostring(ev.method or ""))
       m.ticks[#m.ticks + 1] = { t = t, kind = ty, bad = type(ev.error) == "table",
         label = label, err = ev.error, dur = tonumber(ev.duration) }
     elseif ty == "fault" then
-      m.faults[#m.faults + 1] = { t = t, label = tostring(ev.action or ev.kind or "fault") ..
-        (ev.target and (" " .. tostring(ev.target)) or "") }
+      m.faults[#m.faults + 1] = { t = t, label = tostring(ev.action or "fault") .. " " .. flat(ev.detail) ..
+        (type(ev.cluster) == "string" and (" (cluster " .. ev.cluster .. ")") or "") }
     elseif ty == "history_check" then
       m.histories[#m.histories + 1] = ev
+    elseif ty == "history_page" then
+      for i = #m.histories, 1, -1 do
+        if m.histories[i].name == ev.name and not m.histories[i].html then m.histories[i].html = ev.path; break end
+      end
     end
   end
   for _, lane in pairs(open_tests) do lane.t1 = m.t_end end
@@ -241,9 +259,12 @@ end
 
 local function history_html(h)
   local ok = h.valid == true
-  return format('<section class="history %s"><h3>%s history %s: %s</h3><p>model %s, %s operations%s</p></section>',
-    ok and "ok" or "bad", ok and "✓" or "✗", esc(h.name or ""), ok and "linearizable" or esc(tostring(h.valid)),
-    esc(h.model or "?"), esc(h.ops or "?"), h.html and (' — <a href="' .. esc(h.html) .. '">details</a>') or "")
+  local verdict = ok and "linearizable" or (h.valid == "unknown" and "unknown (timed out or cancelled)")
+    or "not linearizable"
+  return format('<section class="history %s"><h3>%s history %s: %s</h3><p>%s%s</p></section>',
+    ok and "ok" or "bad", ok and "✓" or "✗", esc(type(h.name) == "string" and h.name or ""), verdict,
+    esc(cut(h.summary or ("model " .. tostring(h.model) .. ", " .. tostring(h.ops) .. " operations"))),
+    type(h.html) == "string" and (' — <a href="file://' .. esc(h.html) .. '">the history page</a>') or "")
 end
 
 -- }====
