@@ -27,7 +27,7 @@ describe("atom.work", function()
     end)
   end)
 
-  it("the loop keeps ticking during a 2 s computation", function()
+  it("the loop keeps ticking during a 2 s computation #timing", function()
     run(function()
       local ticks, busy = 0, true
       local ticker = atom.go(function()
