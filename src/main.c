@@ -223,7 +223,7 @@ static void copy_value(lua_State *from, int idx, lua_State *to, int depth) {
   }
 }
 
-/* _atom.forward(ev) in a file state: hand an event to the control state. */
+/* _cli.forward(ev) in a file state: hand an event to the control state. */
 static int l_forward(lua_State *L) {
   if (forward_ref == LUA_NOREF) return 0;
   pthread_mutex_lock(&control_lock);
@@ -237,7 +237,7 @@ static int l_forward(lua_State *L) {
   return 0;
 }
 
-/* _atom.set_emergency(fn): fn(code) ends the run's reports from the watchdog. */
+/* _cli.set_emergency(fn): fn(code) ends the run's reports from the watchdog. */
 static int l_set_emergency(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
@@ -245,7 +245,7 @@ static int l_set_emergency(lua_State *L) {
   return 0;
 }
 
-/* _atom.set_forward(fn, all): fn receives the file states' events; `all`
+/* _cli.set_forward(fn, all): fn receives the file states' events; `all`
  * when every event type is wanted (--events), else only the runner's. */
 static bool forward_all;
 static int l_set_forward(lua_State *L) {
@@ -270,7 +270,7 @@ static void report_leaks(const char *what) {
   if (tasks || handles || refs || children) leaks_found = 1;
 }
 
-/* _atom.stop_reason() -> nil | "timeout" | "SIGINT" | ..., message */
+/* _cli.stop_reason() -> nil | "timeout" | "SIGINT" | ..., message */
 static int l_stop_reason(lua_State *L) {
   if (!stop_reason) return 0;
   lua_pushstring(L, stop_reason);
@@ -278,13 +278,13 @@ static int l_stop_reason(lua_State *L) {
   return 2;
 }
 
-/* _atom.out_of_memory() -> true once the file state ran out (mem.c). */
+/* _cli.out_of_memory() -> true once the file state ran out (mem.c). */
 static int l_out_of_memory(lua_State *L) {
   lua_pushboolean(L, mem_exhausted());
   return 1;
 }
 
-/* _atom.run_file(entry_module, config) -> result table: runs
+/* _cli.run_file(entry_module, config) -> result table: runs
  * require(entry_module).main(config) in a new Lua state. */
 static int l_run_file(lua_State *L) {
   const char *entry = luaL_checkstring(L, 1);
@@ -292,17 +292,18 @@ static int l_run_file(lua_State *L) {
   lua_State *F = mem_newstate();
   if (!F) return luaL_error(L, "out of memory");
   runtime_open(F, true);
+  /* The Face's own functions go in `_cli`, apart from the runtime's
+   * `_atom`: only lua/atom/scenario.lua (the file state's entry) uses them. */
+  static const luaL_Reg file_fns[] = {{"forward", l_forward},
+                                      {"stop_reason", l_stop_reason},
+                                      {"out_of_memory", l_out_of_memory},
+                                      {NULL, NULL}};
   lua_getfield(F, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(F, -1, "_atom");
-  lua_pushcfunction(F, l_forward);
-  lua_setfield(F, -2, "forward");
+  luaL_newlib(F, file_fns);
   lua_pushboolean(F, forward_all);
   lua_setfield(F, -2, "events_all");
-  lua_pushcfunction(F, l_stop_reason);
-  lua_setfield(F, -2, "stop_reason");
-  lua_pushcfunction(F, l_out_of_memory);
-  lua_setfield(F, -2, "out_of_memory");
-  lua_pop(F, 2);
+  lua_setfield(F, -2, "_cli");
+  lua_pop(F, 1);
   file_state = F;
   /* The live status line: ticks only while this file runs on a terminal. The
    * timer is unref'd, so it never keeps the loop (or a deadlock) alive. */
@@ -342,7 +343,7 @@ static int l_run_file(lua_State *L) {
   return 1;
 }
 
-/* _atom.set_limits(timeout, grace): arm the run deadline and the watchdog. */
+/* _cli.set_limits(timeout, grace): arm the run deadline and the watchdog. */
 static int l_set_limits(lua_State *L) {
   timeout_secs = luaL_optnumber(L, 1, -1);
   grace_secs = luaL_optnumber(L, 2, 10);
@@ -354,7 +355,7 @@ static int l_set_limits(lua_State *L) {
   return 0;
 }
 
-/* _atom.stop_run(reason, message): e.g. --fail-fast stopping the scenario. */
+/* _cli.stop_run(reason, message): e.g. --fail-fast stopping the scenario. */
 static int l_stop_run(lua_State *L) {
   const char *reason = luaL_checkstring(L, 1);
   const char *msg = luaL_checkstring(L, 2);
@@ -363,7 +364,7 @@ static int l_stop_run(lua_State *L) {
   return 0;
 }
 
-/* _atom.log_errors() -> how many process logs could not be written. */
+/* _cli.log_errors() -> how many process logs could not be written. */
 extern int outbuf_log_errors;
 static int l_log_errors(lua_State *L) {
   lua_pushinteger(L, outbuf_log_errors);
@@ -381,8 +382,8 @@ static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
   runtime_open(L, true);
+  /* The CLI's functions (the control state's `_cli`, for lua/atom/cli.lua). */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "_atom");
   static const luaL_Reg cli_fns[] = {{"run_file", l_run_file},
                                      {"set_forward", l_set_forward},
                                      {"set_limits", l_set_limits},
@@ -392,8 +393,9 @@ static int pmain(lua_State *L) {
                                      {"set_emergency", l_set_emergency},
                                      {"log_errors", l_log_errors},
                                      {NULL, NULL}};
-  luaL_setfuncs(L, cli_fns, 0);
-  lua_pop(L, 2);
+  luaL_newlib(L, cli_fns);
+  lua_setfield(L, -2, "_cli");
+  lua_pop(L, 1);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "atom.cli");
   lua_call(L, 1, 1);

@@ -1,8 +1,9 @@
 -- atom.cli: the command line of SPEC §1, run in the control Lua state by
 -- src/main.c. It parses arguments, checks every input before anything runs
--- (exit 2), runs each scenario file in a fresh state (_atom.run_file), feeds
+-- (exit 2), runs each scenario file in a fresh state (_cli.run_file), feeds
 -- the reporters and computes the exit status.
 local _atom = require "_atom"
+local _cli = require "_cli" -- the CLI's own C functions (src/main.c)
 local events = require "atom.events"
 
 local M = {}
@@ -175,7 +176,7 @@ local function make_reporters(o, track)
     track(ev)
     for _, r in ipairs(list) do r:on_event(ev) end
   end
-  _atom.set_forward(emit, o.events ~= nil or o.html ~= nil) -- every event type only for --events/--html
+  _cli.set_forward(emit, o.events ~= nil or o.html ~= nil) -- every event type only for --events/--html
   events.clock = _atom.now
   events.subscribe(emit)
   return list, color
@@ -307,7 +308,7 @@ local function run_command(o, argv, command)
   local tracker = new_tracker()
   local okr, reporters, live = pcall(make_reporters, o, tracker.track)
   if not okr then return bad_input(tostring(reporters)) end
-  _atom.set_limits(o.timeout, o.grace or 10)
+  _cli.set_limits(o.timeout, o.grace or 10)
   local workdir = o.workdir or ".atomlua/runs"
   local name = stem(command == "trace" and o.reactor or o.files[1] or "shard")
   local run_dir = ("%s/%s-%s-%s"):format(workdir, os.date("%Y%m%d-%H%M%S"), name, random_chars(6))
@@ -330,7 +331,7 @@ local function run_command(o, argv, command)
   local function finish(hard_exit)
     if finished then return hard_exit end
     finished = true
-    local stop, stop_message = _atom.stop_reason()
+    local stop, stop_message = _cli.stop_reason()
     if hard_exit then
       local why = (stop_message or "cancelled") .. " (the watchdog ended the run: it did not stop"
         .. " within the cleanup grace)"
@@ -364,7 +365,7 @@ local function run_command(o, argv, command)
     -- A report or process log not written completely: exit at least 3
     -- (SPEC §1's precedence). The JUnit report is written first, so that
     -- run_end and the run directory's fate know how it went.
-    local lost = _atom.log_errors() > 0
+    local lost = _cli.log_errors() > 0
     local function finish_one(r, summary)
       local okf, ferr = pcall(r.finish, r, summary)
       if not okf then
@@ -391,10 +392,10 @@ local function run_command(o, argv, command)
       if not r.before_run_end then finish_one(r, summary) end
     end
     if lost and exit <= 1 then exit = 3 end
-    if _atom.leaks_found() then return exit == 0 and 1 or exit end
+    if _cli.leaks_found() then return exit == 0 and 1 or exit end
     return exit
   end
-  _atom.set_emergency(finish)
+  _cli.set_emergency(finish)
 
   local units = command == "trace" and { { file = o.reactor, entry = "atom.scenario" } } or {}
   if command == "run" then
@@ -403,9 +404,9 @@ local function run_command(o, argv, command)
   if shard_empty then units = {} end
   local dirs = file_dirs(run_dir, command == "run" and o.files or { o.reactor })
   for i, u in ipairs(units) do
-    if _atom.stop_reason() or fail_fast_hit then break end
+    if _cli.stop_reason() or fail_fast_hit then break end
     local file_dir = dirs[i]
-    local res = _atom.run_file(u.entry, {
+    local res = _cli.run_file(u.entry, {
       file = u.file, args = o.script_args, seed = seed, run_dir = run_dir, file_dir = file_dir,
       filter = o.filter, grace = o.grace or 10, fail_fast = o["fail-fast"], verbose = o.verbose,
       trace_paths = prepared and prepared.paths, trace_from = prepared and prepared.from,
@@ -422,7 +423,7 @@ local function run_command(o, argv, command)
       scenario_error_file = scenario_error_file or u.file
     end
     -- Tests that never ended (abandoned with their root) failed.
-    local stop, stop_message = _atom.stop_reason()
+    local stop, stop_message = _cli.stop_reason()
     tracker.close_open((stop and stop_message or "cancelled: the scenario ended")
       .. " (abandoned: the test kept running past its cleanup grace)")
     matched = matched or res.matched

@@ -13,17 +13,9 @@ function M.subscribe(fn) sinks[#sinks + 1] = fn end
 
 function M.unsubscribe_all() sinks = {} end
 
--- Event types someone needs; nil means all (--events writes every type).
--- Without --events the CLI's reporters need only the runner's events, and
--- http/rpc events, one per request, are then not even built.
+-- Event types someone needs, as a set; nil means all. The CLI's file state
+-- (lua/atom/scenario.lua) narrows it when no report wants every event.
 M.wanted = nil
-do
-  local ok, _atom = pcall(require, "_atom")
-  if ok and _atom.forward and _atom.events_all == false then
-    M.wanted = { run_start = true, run_end = true, scenario_start = true, scenario_end = true,
-      test_start = true, test_end = true, process_spawn = true, process_exit = true, _tick = true }
-  end
-end
 
 --- True when someone listens to `type` (skip building costly events otherwise).
 ---@param type string|nil

@@ -17,6 +17,7 @@ local failed_names = {}
 M.counts = counts
 M.filter = nil       -- --filter PATTERN (plain substring)
 M.on_test_end = nil  -- called with the test_end event (fail-fast, module mode)
+M.stop_reason = nil  -- the CLI's: () -> reason, message once --timeout or a signal stops the run
 -- Errors that cancelled failed tests from outside (a scenario-owned critical
 -- process, say), so the scenario ending with the same error is no scenario
 -- error of its own (SPEC §4: exit 1 when a test was running).
@@ -104,10 +105,10 @@ function M.test(name, fn, opts)
       { task = name, traceback = false })
   elseif status ~= "done" then
     err = value
-  elseif _atom.stop_reason and _atom.stop_reason() then
+  elseif M.stop_reason and M.stop_reason() then
     -- It ended after --timeout or a signal cancelled it, without reaching
     -- a checkpoint: it was stopped all the same (SPEC §2 cancelled tests).
-    local _, message = _atom.stop_reason()
+    local _, message = M.stop_reason()
     err = errors.new("cancelled", message, { task = name, traceback = false })
   end
   if err == nil then

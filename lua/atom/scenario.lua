@@ -1,7 +1,8 @@
 -- atom.scenario: the entry point of a scenario file's own Lua state. The
--- control state (atom.cli) calls main(cfg) through _atom.run_file; events go
--- back to it through _atom.forward.
+-- control state (atom.cli) calls main(cfg) through _cli.run_file; events go
+-- back to it through _cli.forward (src/main.c's functions for the Face).
 local _atom = require "_atom"
+local _cli = require "_cli"
 local events = require "atom.events"
 local state = require "atom.state"
 local runner = require "atom.runner"
@@ -29,7 +30,7 @@ end
 -- state draws it. Scenario output must then pass through the console too,
 -- so it can clear the line first: print and io.write are routed there.
 local function start_live()
-  local forward, concat, select, tostring = _atom.forward, table.concat, select, tostring
+  local forward, concat, select, tostring = _cli.forward, table.concat, select, tostring
   _G.print = function(...)
     local n, parts = select("#", ...), {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
@@ -74,14 +75,21 @@ function M.main(cfg)
   state.verbose, state.grace, state.suite = cfg.verbose or 0, cfg.grace or 10, cfg.suite
   _atom.set_default_grace(state.grace)
   events.clock = _atom.now
+  runner.stop_reason = _cli.stop_reason
+  if not _cli.events_all then
+    -- Without --events/--html the CLI's reporters need only the runner's
+    -- events: http/rpc events, one per request, are then not even built.
+    events.wanted = { run_start = true, run_end = true, scenario_start = true, scenario_end = true,
+      test_start = true, test_end = true, process_spawn = true, process_exit = true, _tick = true }
+  end
   if events.wanted then
     -- Without --events the control state wants only the runner's events;
     -- rpc events are still needed here, for a failed test's last RPC.
     events.wanted.rpc = true
-    local forward = _atom.forward
+    local forward = _cli.forward
     events.subscribe(function(ev) if ev.type ~= "rpc" then forward(ev) end end)
   else
-    events.subscribe(_atom.forward)
+    events.subscribe(_cli.forward)
   end
   events.subscribe(function(ev) if ev.type == "rpc" then evidence.on_rpc(ev) end end)
   if cfg.live then start_live() end
@@ -110,7 +118,7 @@ function M.main(cfg)
   local bad_reactor
   if cfg.trace_paths then chunk = M.reactor_root(chunk, cfg, function(msg) bad_reactor = msg end) end
   local ok, root, status, err = _atom.run(chunk)
-  if _atom.out_of_memory and _atom.out_of_memory() then
+  if _cli.out_of_memory() then
     -- Wherever Lua raised it (a test, a callback, the reporting), the file
     -- ends with one clear scenario error (src/mem.c stopped it).
     ok, status = false, "failed"
@@ -119,7 +127,7 @@ function M.main(cfg)
   end
   local ev = { file = cfg.file, suite = cfg.suite, status = "ok" }
   local stopping, stop_message
-  if _atom.stop_reason then stopping, stop_message = _atom.stop_reason() end
+  stopping, stop_message = _cli.stop_reason()
   local abandoned = runner.fail_abandoned(stop_message or "cancelled: the scenario ended")
   local scenario_error = false
   -- A scenario-owned critical process that died while tests ran failed
