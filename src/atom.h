@@ -31,8 +31,7 @@ extern bool runtime_cli;     /* the atomlua binary (true) or module mode */
 int runtime_open(lua_State *L, bool cli);
 /* Closes every handle still open on the loop and runs it until they are gone. */
 void runtime_close_handles(void);
-void runtime_init_loop(void);           /* the loop exists (the CLI makes it before any Lua) */
-void util_register_extra(lua_State *L); /* lualib.c's own _atom functions (mkdir_p, rm_rf, ...) */
+void runtime_init_loop(void); /* the loop exists (the CLI makes it before any Lua) */
 
 /* }==== */
 
@@ -194,26 +193,31 @@ bool mem_take_exhausted(void); /* the same, true only the first time */
 
 /* }==== */
 
-/* {==== subsystems: each adds its functions to the `_atom` table on top ==== */
+/* {==== subsystems ====
+ * Each exports the table of its `_atom` functions (<name>_lib, listed in
+ * one place: lualib.c's atom_lib) and, where it has metatables or hooks to
+ * set up, a <name>_register(L) that runtime_open calls after them. */
+
+extern const luaL_Reg sched_lib[], proc_lib[], rawpipe_lib[], http_lib[], hstream_lib[], grpc_lib[],
+    pb_lib[], net_lib[], ports_lib[], ws_lib[], netns_lib[], proxy_lib[], json_lib[], bytes_lib[],
+    work_lib[], lincheck_lib[];
 
 void sched_register(lua_State *L);
 void proc_register(lua_State *L);
-void http_register(lua_State *L);
-void net_register(lua_State *L);
-void json_register(lua_State *L);
-void bytes_register(lua_State *L);
-void ports_register(lua_State *L); /* from net_register */
 void rawpipe_register(lua_State *L);
-void ws_register(lua_State *L);
+void http_register(lua_State *L);
 void hstream_register(lua_State *L);
+void net_register(lua_State *L);
+void ports_register(lua_State *L);
+void ws_register(lua_State *L);
+void netns_register(lua_State *L);
+void proxy_register(lua_State *L);
+void json_register(lua_State *L);
+
 /* A connected atom.tcp stream handed to C code layered on it (ws.c): a dup
  * of its socket (close-on-exec), the bytes read ahead pushed on L; the stream
  * is closed. Returns the fd, or -1 with an io error pushed (net.c). */
 int net_detach(lua_State *L, int idx);
-void work_register(lua_State *L);     /* work.c: atom.work */
-void lincheck_register(lua_State *L); /* lincheck.c: the linearizability checker */
-void pb_register(lua_State *L);       /* protobuf codec (pb.c) */
-void grpc_register(lua_State *L);     /* gRPC calls on the curl multi handle (grpc.c) */
 
 int proc_live_children(void); /* unreaped children, for ATOMLUA_DEBUG=leaks */
 void proc_kill_all(void);     /* SIGKILL every group now (a forced exit) */
@@ -226,8 +230,6 @@ void proc_kill_all(void);     /* SIGKILL every group now (a forced exit) */
  * Exits 2 with the reason when the kernel refuses. */
 void isolate_enter(int argc, char **argv);
 bool isolate_active(void); /* true inside an isolated run */
-void netns_register(lua_State *L);
-void proxy_register(lua_State *L);
 
 /* }==== */
 

@@ -148,11 +148,9 @@ static int l_hex_decode(lua_State *L) {
   return 1;
 }
 
-void bytes_register(lua_State *L) {
-  static const luaL_Reg fns[] = {{"base64_encode", l_base64_encode},
-                                 {"base64_decode", l_base64_decode},
-                                 {"hex_encode", l_hex_encode},
-                                 {"hex_decode", l_hex_decode},
-                                 {NULL, NULL}};
-  luaL_setfuncs(L, fns, 0);
-}
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg bytes_lib[] = {{"base64_encode", l_base64_encode},
+                              {"base64_decode", l_base64_decode},
+                              {"hex_encode", l_hex_encode},
+                              {"hex_decode", l_hex_decode},
+                              {NULL, NULL}};

@@ -860,13 +860,9 @@ static int l_grpc_init(lua_State *L) {
   return 1;
 }
 
-void grpc_register(lua_State *L) {
-  lua_pushcfunction(L, l_grpc_unary);
-  lua_setfield(L, -2, "grpc_unary");
-  lua_pushcfunction(L, l_grpc_open);
-  lua_setfield(L, -2, "grpc_open");
-  lua_pushcfunction(L, l_grpc_init);
-  lua_setfield(L, -2, "grpc_init");
-  lua_pushcfunction(L, l_grpc_md);
-  lua_setfield(L, -2, "grpc_md");
-}
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg grpc_lib[] = {{"grpc_unary", l_grpc_unary},
+                             {"grpc_open", l_grpc_open},
+                             {"grpc_init", l_grpc_init},
+                             {"grpc_md", l_grpc_md},
+                             {NULL, NULL}};

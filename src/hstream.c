@@ -323,6 +323,9 @@ static int l_hs_gc(lua_State *L) {
   return 0;
 }
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg hstream_lib[] = {{"http_stream", l_http_stream}, {NULL, NULL}};
+
 void hstream_register(lua_State *L) {
   if (luaL_newmetatable(L, HS_MT)) {
     static const luaL_Reg methods[] = {
@@ -333,6 +336,4 @@ void hstream_register(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_http_stream);
-  lua_setfield(L, -2, "http_stream");
 }

@@ -477,9 +477,11 @@ static void http_run_end(lua_State *L) {
 
 /* }==== */
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg http_lib[] = {{"http_perform", l_http_perform}, {NULL, NULL}};
+
 void http_register(lua_State *L) {
-  lua_pushcfunction(L, l_http_perform);
-  lua_setfield(L, -2, "http_perform");
+  (void)L;
   sched_on_run_end(http_run_end);
 }
 

@@ -833,13 +833,14 @@ static int l_json_array(lua_State *L) {
 
 /* }==== */
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg json_lib[] = {{"json_encode", l_json_encode},
+                             {"json_decode", l_json_decode},
+                             {"json_array", l_json_array},
+                             {NULL, NULL}};
+
 void json_register(lua_State *L) {
-  static const luaL_Reg fns[] = {{"json_encode", l_json_encode},
-                                 {"json_decode", l_json_decode},
-                                 {"json_array", l_json_array},
-                                 {NULL, NULL}};
   enc_init_class();
-  luaL_setfuncs(L, fns, 0);
   lua_pushlightuserdata(L, NULL); /* the same value as cjson.null */
   lua_setfield(L, -2, "json_null");
 

@@ -1159,9 +1159,7 @@ static int l_linearizable(lua_State *L) {
   return work_start(L, t, &c->base);
 }
 
-void lincheck_register(lua_State *L) {
-  lua_pushcfunction(L, l_linearizable);
-  lua_setfield(L, -2, "linearizable");
-}
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg lincheck_lib[] = {{"linearizable", l_linearizable}, {NULL, NULL}};
 
 /* }==== */

@@ -96,54 +96,6 @@ static int open_luv(lua_State *L) {
 
 bool runtime_cli;
 
-int runtime_open(lua_State *L, bool cli) {
-  runtime_cli = cli;
-  loop_init();
-  luaL_openlibs(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_newtable(L); /* _atom */
-  sched_register(L);
-  proc_register(L);
-  http_register(L);
-  net_register(L);
-  json_register(L);
-  bytes_register(L);
-  rawpipe_register(L);
-  ws_register(L);
-  hstream_register(L);
-  netns_register(L);
-  proxy_register(L);
-  work_register(L);
-  lincheck_register(L);
-  pb_register(L);
-  grpc_register(L);
-  util_register_extra(L);
-  lua_pushboolean(L, cli);
-  lua_setfield(L, -2, "cli");
-  lua_pushstring(L, ATOM_VERSION);
-  lua_setfield(L, -2, "version");
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "_atom");
-  lua_pop(L, 2);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  /* busted's insulation empties package.loaded between spec files, not
-   * package.preload: let `require "_atom"` find the same table again. */
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "_atom");
-  lua_pushcclosure(L, preload_self, 1);
-  lua_setfield(L, -3, "_atom");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, open_luv);
-  lua_setfield(L, -2, "luv");
-  for (int i = 0; embedded_modules[i].module; i++) {
-    lua_pushinteger(L, i);
-    lua_pushcclosure(L, embedded_loader, 1);
-    lua_setfield(L, -2, embedded_modules[i].module);
-  }
-  lua_pop(L, 1);
-  return 0;
-}
-
 static void close_cb(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
@@ -237,13 +189,75 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
-void util_register_extra(lua_State *L) {
-  lua_pushcfunction(L, l_rm_rf);
-  lua_setfield(L, -2, "rm_rf");
-  lua_pushcfunction(L, l_isatty);
-  lua_setfield(L, -2, "isatty");
-  lua_pushcfunction(L, l_luv_handles);
-  lua_setfield(L, -2, "luv_handles");
-  lua_pushcfunction(L, l_mkdir_p);
-  lua_setfield(L, -2, "mkdir_p");
+static const luaL_Reg runtime_lib[] = {{"rm_rf", l_rm_rf},
+                                       {"isatty", l_isatty},
+                                       {"luv_handles", l_luv_handles},
+                                       {"mkdir_p", l_mkdir_p},
+                                       {NULL, NULL}};
+
+/* The private C library `_atom`, in one place: every C function the Lua
+ * modules may call, by subsystem (each table sits beside its functions).
+ * The CLI's own functions are in `_cli` (main.c), apart. */
+static const luaL_Reg *const atom_lib[] = {
+    sched_lib,    /* sched_lua.c: tasks, groups, park/unpark, deadlines, stats */
+    proc_lib,     /* proclua.c: spawn, signals, the owner's end */
+    rawpipe_lib,  /* rawpipe.c: io.popen's pipes */
+    http_lib,     /* http.c: requests on the curl multi handle */
+    hstream_lib,  /* hstream.c: atom.http.stream */
+    grpc_lib,     /* grpc.c: gRPC calls and streams */
+    pb_lib,       /* pb.c: the protobuf codec's type pools */
+    net_lib,      /* net.c: TCP streams, wait_port */
+    ports_lib,    /* ports.c: free_port */
+    ws_lib,       /* ws.c: WebSocket framing on a detached stream */
+    netns_lib,    /* netns.c: hosts, nftables, --isolate */
+    proxy_lib,    /* proxy.c: atom.proxy */
+    json_lib,     /* json.c */
+    bytes_lib,    /* bytes.c: base64, hex */
+    work_lib,     /* work.c: atom.work */
+    lincheck_lib, /* lincheck.c: the linearizability checker */
+    runtime_lib,  /* this file: files and the terminal */
+    NULL};
+
+int runtime_open(lua_State *L, bool cli) {
+  runtime_cli = cli;
+  loop_init();
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_newtable(L); /* _atom */
+  for (int i = 0; atom_lib[i]; i++) luaL_setfuncs(L, atom_lib[i], 0);
+  sched_register(L);
+  proc_register(L);
+  rawpipe_register(L);
+  http_register(L);
+  hstream_register(L);
+  net_register(L);
+  ports_register(L);
+  ws_register(L);
+  netns_register(L);
+  proxy_register(L);
+  json_register(L);
+  lua_pushboolean(L, cli);
+  lua_setfield(L, -2, "cli");
+  lua_pushstring(L, ATOM_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "_atom");
+  lua_pop(L, 2);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  /* busted's insulation empties package.loaded between spec files, not
+   * package.preload: let `require "_atom"` find the same table again. */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "_atom");
+  lua_pushcclosure(L, preload_self, 1);
+  lua_setfield(L, -3, "_atom");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, open_luv);
+  lua_setfield(L, -2, "luv");
+  for (int i = 0; embedded_modules[i].module; i++) {
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, embedded_loader, 1);
+    lua_setfield(L, -2, embedded_modules[i].module);
+  }
+  lua_pop(L, 1);
+  return 0;
 }

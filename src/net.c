@@ -752,6 +752,10 @@ static int l_wait_port(lua_State *L) {
 
 /* }==== */
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg net_lib[] = {
+    {"tcp_connect", l_tcp_connect}, {"wait_port", l_wait_port}, {NULL, NULL}};
+
 void net_register(lua_State *L) {
   if (luaL_newmetatable(L, STREAM_MT)) {
     static const luaL_Reg methods[] = {{"read", l_stream_read},
@@ -769,9 +773,4 @@ void net_register(lua_State *L) {
     lua_setfield(L, -2, "__tostring");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_tcp_connect);
-  lua_setfield(L, -2, "tcp_connect");
-  lua_pushcfunction(L, l_wait_port);
-  lua_setfield(L, -2, "wait_port");
-  ports_register(L);
 }

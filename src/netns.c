@@ -383,6 +383,10 @@ static int l_nft(lua_State *L) {
 
 /* }==== */
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg netns_lib[] = {
+    {"host_new", l_host_new}, {"isolated", l_isolated}, {"nft", l_nft}, {NULL, NULL}};
+
 void netns_register(lua_State *L) {
   if (luaL_newmetatable(L, HOST_MT)) {
     static const luaL_Reg m[] = {{"fd", l_host_fd}, {"close", l_host_close}, {NULL, NULL}};
@@ -393,7 +397,4 @@ void netns_register(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {
-      {"host_new", l_host_new}, {"isolated", l_isolated}, {"nft", l_nft}, {NULL, NULL}};
-  luaL_setfuncs(L, fns, 0);
 }

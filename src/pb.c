@@ -726,7 +726,5 @@ static int l_pb_pool(lua_State *L) {
   return 1;
 }
 
-void pb_register(lua_State *L) {
-  lua_pushcfunction(L, l_pb_pool);
-  lua_setfield(L, -2, "pb_pool");
-}
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg pb_lib[] = {{"pb_pool", l_pb_pool}, {NULL, NULL}};

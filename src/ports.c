@@ -191,8 +191,10 @@ static void ports_run_end(lua_State *L) {
   memset(P.given, 0, sizeof P.given);
 }
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg ports_lib[] = {{"free_port", l_free_port}, {NULL, NULL}};
+
 void ports_register(lua_State *L) {
-  lua_pushcfunction(L, l_free_port);
-  lua_setfield(L, -2, "free_port");
+  (void)L;
   sched_on_run_end(ports_run_end);
 }

@@ -573,6 +573,15 @@ static int l_anchor_gc(lua_State *L) {
   return 0;
 }
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg proc_lib[] = {{"proc_spawn", l_spawn},
+                             {"proc_on_exit", l_on_exit},
+                             {"proc_stop_owned", l_stop_owned},
+                             {"proc_signum", l_signum},
+                             {"proc_signame", l_signame},
+                             {"proc_children", l_children},
+                             {NULL, NULL}};
+
 void proc_register(lua_State *L) {
   static const luaL_Reg methods[] = {{"pid", l_pid},
                                      {"line", l_line},
@@ -607,14 +616,6 @@ void proc_register(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, "atom.proc.anchor");
-  static const luaL_Reg fns[] = {{"proc_spawn", l_spawn},
-                                 {"proc_on_exit", l_on_exit},
-                                 {"proc_stop_owned", l_stop_owned},
-                                 {"proc_signum", l_signum},
-                                 {"proc_signame", l_signame},
-                                 {"proc_children", l_children},
-                                 {NULL, NULL}};
-  luaL_setfuncs(L, fns, 0);
 }
 
 /* }==== */

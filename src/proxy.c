@@ -527,6 +527,9 @@ static int l_gc(lua_State *L) {
 
 /* }==== */
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg proxy_lib[] = {{"proxy_new", l_proxy_new}, {NULL, NULL}};
+
 void proxy_register(lua_State *L) {
   if (luaL_newmetatable(L, PROXY_MT)) {
     static const luaL_Reg m[] = {
@@ -538,6 +541,4 @@ void proxy_register(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_proxy_new);
-  lua_setfield(L, -2, "proxy_new");
 }

@@ -210,6 +210,9 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg rawpipe_lib[] = {{"rawpipe", l_new}, {NULL, NULL}};
+
 void rawpipe_register(lua_State *L) {
   static const luaL_Reg methods[] = {{"child_fd", l_child_fd},
                                      {"release_child", l_release_child},
@@ -222,6 +225,4 @@ void rawpipe_register(lua_State *L) {
   lua_pushcfunction(L, l_close);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_new);
-  lua_setfield(L, -2, "rawpipe");
 }

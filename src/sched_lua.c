@@ -612,6 +612,39 @@ static int l_in_task_thread(lua_State *L) {
   return 1;
 }
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg sched_lib[] = {{"spawn", l_spawn},
+                              {"result", l_result},
+                              {"error_of", l_error_of},
+                              {"group", l_group},
+                              {"group_next", l_group_next},
+                              {"group_cancel", l_group_cancel},
+                              {"checkpoint", l_checkpoint},
+                              {"sleep", l_sleep},
+                              {"now", l_now},
+                              {"current", l_current},
+                              {"task_name", l_task_name},
+                              {"rename", l_rename},
+                              {"owner_scope", l_owner_scope},
+                              {"is_owner", l_is_owner},
+                              {"owner", l_owner},
+                              {"extra", l_extra},
+                              {"end_children", l_end_children},
+                              {"begin_cleanup", l_begin_cleanup},
+                              {"raise_grace", l_raise_grace},
+                              {"set_default_grace", l_set_default_grace},
+                              {"deadline_expired", l_deadline_expired},
+                              {"park_token", l_park_token},
+                              {"park", l_park},
+                              {"unpark", l_unpark},
+                              {"run", sched_run},
+                              {"cancel_root", l_cancel_root},
+                              {"stats", l_stats},
+                              {"tasks", l_tasks},
+                              {"set_trampoline", l_set_trampoline},
+                              {"in_task_thread", l_in_task_thread},
+                              {NULL, NULL}};
+
 void sched_register(lua_State *L) {
   static const luaL_Reg task_methods[] = {
       {"cancel", l_task_cancel}, {"join", l_task_join}, {"status", l_task_status}, {NULL, NULL}};
@@ -625,38 +658,6 @@ void sched_register(lua_State *L) {
   lua_pop(L, 1);
   luaL_newmetatable(L, "atom.group");
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"spawn", l_spawn},
-                                 {"result", l_result},
-                                 {"error_of", l_error_of},
-                                 {"group", l_group},
-                                 {"group_next", l_group_next},
-                                 {"group_cancel", l_group_cancel},
-                                 {"checkpoint", l_checkpoint},
-                                 {"sleep", l_sleep},
-                                 {"now", l_now},
-                                 {"current", l_current},
-                                 {"task_name", l_task_name},
-                                 {"rename", l_rename},
-                                 {"owner_scope", l_owner_scope},
-                                 {"is_owner", l_is_owner},
-                                 {"owner", l_owner},
-                                 {"extra", l_extra},
-                                 {"end_children", l_end_children},
-                                 {"begin_cleanup", l_begin_cleanup},
-                                 {"raise_grace", l_raise_grace},
-                                 {"set_default_grace", l_set_default_grace},
-                                 {"deadline_expired", l_deadline_expired},
-                                 {"park_token", l_park_token},
-                                 {"park", l_park},
-                                 {"unpark", l_unpark},
-                                 {"run", sched_run},
-                                 {"cancel_root", l_cancel_root},
-                                 {"stats", l_stats},
-                                 {"tasks", l_tasks},
-                                 {"set_trampoline", l_set_trampoline},
-                                 {"in_task_thread", l_in_task_thread},
-                                 {NULL, NULL}};
-  luaL_setfuncs(L, fns, 0);
 }
 
 /* }==== */

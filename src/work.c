@@ -43,7 +43,8 @@ lua_State *work_state_new(struct job *j) {
   if (!W) return NULL;
   *(struct job **)lua_getextraspace(W) = j;
   luaL_openlibs(W);
-  lua_newtable(W); /* the C functions, as json.c registers them */
+  lua_newtable(W); /* the C functions, as the runtime registers them */
+  luaL_setfuncs(W, json_lib, 0);
   json_register(W);
   lua_createtable(W, 0, 2); /* atom */
   lua_createtable(W, 0, 4); /* atom.json */
@@ -371,11 +372,7 @@ static int l_work_jobs(lua_State *L) {
   return 1;
 }
 
-void work_register(lua_State *L) {
-  lua_pushcfunction(L, l_work);
-  lua_setfield(L, -2, "work");
-  lua_pushcfunction(L, l_work_jobs);
-  lua_setfield(L, -2, "work_jobs");
-}
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg work_lib[] = {{"work", l_work}, {"work_jobs", l_work_jobs}, {NULL, NULL}};
 
 /* }==== */

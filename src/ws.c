@@ -992,6 +992,12 @@ static int l_ws_random(lua_State *L) {
 
 /* }==== */
 
+/* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
+const luaL_Reg ws_lib[] = {{"ws_wrap", l_ws_wrap},
+                           {"ws_accept_digest", l_ws_accept},
+                           {"ws_random", l_ws_random},
+                           {NULL, NULL}};
+
 void ws_register(lua_State *L) {
   if (luaL_newmetatable(L, WS_MT)) {
     static const luaL_Reg methods[] = {{"tls", l_ws_tls},
@@ -1011,10 +1017,4 @@ void ws_register(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  lua_pushcfunction(L, l_ws_wrap);
-  lua_setfield(L, -2, "ws_wrap");
-  lua_pushcfunction(L, l_ws_accept);
-  lua_setfield(L, -2, "ws_accept_digest");
-  lua_pushcfunction(L, l_ws_random);
-  lua_setfield(L, -2, "ws_random");
 }
