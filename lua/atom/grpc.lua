@@ -473,13 +473,21 @@ function M.reflect(target, opts)
     local path = "grpc.reflection." .. ver .. ".ServerReflection/ServerReflectionInfo"
     -- One request per stream, half-closed at once: some servers answer an
     -- unknown method only after the client's end of stream.
-    local function ask(req)
+    local function ask1(req)
       local box <close> = open("reflect", t.base .. path, md, timeout, flags, tls, max)
       box:send("reflect", b.pool:encode(REQ, req, true))
       box:close_send()
       local ok, a, bb, c = box:recv("reflect", timeout, "grpc reflection")
       if ok then return b.pool:decode(RESP, a) end
       return nil, a, bb, c
+    end
+    -- A connection that closed before any reply (UNAVAILABLE, eof) never
+    -- reached the server's handler: asked once more, as gRPC's transparent
+    -- retry does (seen with libcurl 7.88's h2c under load).
+    local function ask(req)
+      local r, code, msg, cause = ask1(req)
+      if not r and code == 14 and cause == "eof" then return ask1(req) end
+      return r, code, msg, cause
     end
     local r, code, msg, cause = ask({ list_services = "" })
     if not r then
