@@ -61,39 +61,35 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
-/* Before a test's own timeout cancels it, let require("atom.sched")
- * .on_test_deadline(name) note what its tasks wait for: the cancellation
- * ends those waits. Called from a timer callback, so no task is running. */
-static void test_deadline_hook(lua_State *L, struct task *t) {
+/* Push the cancellation message of t's expired deadline: what its notes'
+ * `on_deadline` function returns (whoever set the deadline knows what it
+ * stands for; the runner notes what a test's tasks wait for there, since
+ * the cancellation ends those waits), else "cancelled: timed out after Xs".
+ * Called from a timer callback, so no task is running. */
+static void push_deadline_message(lua_State *L, struct task *t) {
   int top = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "atom.sched") == LUA_TTABLE &&
-      lua_getfield(L, -1, "on_test_deadline") == LUA_TFUNCTION) {
+  sched_push_ud(L, t);
+  if (lua_getiuservalue(L, -1, UV_EXTRA) == LUA_TTABLE &&
+      lua_getfield(L, -1, "on_deadline") == LUA_TFUNCTION) {
     sched_push_ud(L, t);
-    sched_push_name(L, -1, t);
-    lua_remove(L, -2);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
-      fprintf(stderr, "atomlua: on_test_deadline: %s\n", lua_tostring(L, -1));
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+      fprintf(stderr, "atomlua: on_deadline: %s\n", lua_tostring(L, -1));
+    else if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_replace(L, top + 1);
+      lua_settop(L, top + 1);
+      return;
+    }
   }
   lua_settop(L, top);
+  char buf[64];
+  sched_format_secs(buf, sizeof buf, t->deadline_secs);
+  lua_pushfstring(L, "cancelled: timed out after %ss", buf);
 }
 
 static void deadline_cb(struct timer *tm) {
   struct task *t = container_of(tm, struct task, phase);
   t->deadline_expired = true;
-  char buf[64];
-  sched_format_secs(buf, sizeof buf, t->deadline_secs);
-  if (t->flags & TF_OWNER) { /* a test's own timeout: notes first, says whose it was */
-    test_deadline_hook(sched_state.L, t);
-    sched_push_ud(sched_state.L, t);
-    sched_push_name(sched_state.L, -1, t);
-    lua_pushfstring(sched_state.L, "cancelled: test \"%s\" timed out after %ss",
-                    lua_tostring(sched_state.L, -1), buf);
-    lua_replace(sched_state.L, -3);
-    lua_pop(sched_state.L, 1);
-  } else {
-    lua_pushfstring(sched_state.L, "cancelled: timed out after %ss", buf);
-  }
+  push_deadline_message(sched_state.L, t);
   sched_push_reason(sched_state.L, lua_tostring(sched_state.L, -1));
   sched_cancel_tree(sched_state.L, t, lua_gettop(sched_state.L), false);
   lua_pop(sched_state.L, 2);

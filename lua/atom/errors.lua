@@ -61,6 +61,16 @@ function M.where(level)
   end
 end
 
+--- Seconds as every message writes them: "2.5s" (src/sched.c: "%.14gs").
+function M.secs(s) return ("%.14gs"):format(s) end
+
+--- The one wording of a timeout: "<what> timed out after 2.5s".
+---@param what string e.g. 'expect n1 "ready"', 'test "x"', "" for a bare deadline
+---@param secs number
+function M.timed_out(what, secs)
+  return (what == "" and "" or (what .. " ")) .. "timed out after " .. M.secs(secs)
+end
+
 --- A new error table of `kind` (no position when `where` is false).
 ---@param kind string  one of SPEC §3 rule 5's kinds
 ---@param message string

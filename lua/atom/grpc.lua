@@ -280,7 +280,7 @@ local function finish(s, code, msg, cause)
   end
   local err
   if cause == "timeout" then
-    err = errors.new("timeout", format("grpc %s timed out after %gs", s._method, s._timeout))
+    err = errors.new("timeout", errors.timed_out("grpc " .. s._method, s._timeout))
   else
     err = grpc_error(code, msg, cause, s._method, s._target)
   end

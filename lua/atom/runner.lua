@@ -27,13 +27,11 @@ M.failed_causes = setmetatable({}, { __mode = "k" })
 -- children, atom.sched may call this with their name prefix, so a report can
 -- say what each was waiting for (see atom.report.evidence).
 sched.on_unwind = evidence.note_cancelling
-sched.on_test_deadline = evidence.note_waiting
 
 --- Log tails of the processes a failed test owned (atom.proc keeps them).
 ---@param task userdata the test's task
 M.collect_tails = evidence.tails
 
-local function fmt_secs(s) return ("%.14gs"):format(s) end
 
 -- Fields a reporter needs about a failure; `_` fields stay out of NDJSON.
 local function failure_fields(ev, err, task)
@@ -66,12 +64,18 @@ M.failure_fields = failure_fields
 -- Run fn as the test's task and wait for it. Its timeout is a deadline on
 -- the task, like atom.timeout's: the scheduler's preemption reaches a test
 -- that never yields, then its grace, then abandonment. Right before the
--- deadline cancels it, atom.sched.on_test_deadline notes what its tasks
--- were waiting for (the cancellation ends those waits).
+-- deadline cancels it, its on_deadline notes what the test's tasks were
+-- waiting for (the cancellation ends those waits) and words the reason.
 -- Returns the task's status and first value, whether it timed out, the task.
 local function run_test_task(name, fn, timeout)
   local g = _atom.group()
   local t = _atom.spawn(g, name, sched.OWNER, timeout, fn)
+  if timeout then
+    _atom.extra(true, t).on_deadline = function()
+      evidence.note_waiting(name)
+      return "cancelled: " .. errors.timed_out(("test %q"):format(name), timeout)
+    end
+  end
   local _, status, value = _atom.group_next(g)
   return status, value, timeout ~= nil and _atom.deadline_expired(t), t
 end
@@ -101,7 +105,7 @@ function M.test(name, fn, opts)
   local notes, rpc = evidence.test_ended(name)
   local err
   if timed_out then
-    err = errors.new("timeout", ("test %q timed out after %s"):format(name, fmt_secs(timeout)),
+    err = errors.new("timeout", errors.timed_out(("test %q"):format(name), timeout),
       { task = name, traceback = false })
   elseif status ~= "done" then
     err = value

@@ -162,7 +162,7 @@ function M.timeout(secs, fn, ...)
   group_next(g)
   checkpoint("timeout") -- an outer deadline or cancel passes through unchanged
   if _atom.deadline_expired(t) then
-    errors.raise("timeout", ("timed out after %.14gs"):format(secs))
+    errors.raise("timeout", errors.timed_out("", secs))
   end
   return result(t)
 end
@@ -253,7 +253,7 @@ function M.wait_until(fn, opts)
       end
       local fields = { last_error = last_err }
       if have_value then fields.last_value = last_value end
-      errors.raise("timeout", ("wait_until timed out after %.14gs; %s"):format(timeout, tail), fields)
+      errors.raise("timeout", errors.timed_out("wait_until", timeout) .. "; " .. tail, fields)
     end
     local pause = math.min(interval, deadline - _atom.now())
     if pause > 0 then _atom.sleep(pause) end

@@ -273,7 +273,7 @@ function M.connect(url, opts)
   if not ok then
     local err = c
     if errors.is(err, "timeout") then
-      err = errors.new("timeout", ("ws connect %s timed out after %gs"):format(url, timeout), { url = url })
+      err = errors.new("timeout", errors.timed_out("ws connect " .. url, timeout), { url = url })
     elseif errors.is(err, "io") and err.cause == "tls" then
       err.url = url
     end

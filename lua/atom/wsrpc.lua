@@ -124,7 +124,7 @@ local function await(c, id, method, p, timeout)
   if not ok then
     c.pending[id] = nil
     if errors.is(err, "timeout") then
-      errors.raise("timeout", ("rpc %s at %s timed out after %gs"):format(method, c.url, timeout),
+      errors.raise("timeout", errors.timed_out(("rpc %s at %s"):format(method, c.url), timeout),
         { url = c.url, method = method })
     end
     error(err, 0)
@@ -217,7 +217,7 @@ function Sub:next(timeout)
   local ok, v = pcall(self._ch.recv, self._ch, t)
   if not ok then
     if errors.is(v, "timeout") then
-      errors.raise("timeout", ("sub:next() on %q at %s timed out after %gs"):format(self.query, self.client.url, t))
+      errors.raise("timeout", errors.timed_out(("sub:next() on %q at %s"):format(self.query, self.client.url), t))
     end
     error(v, 0)
   end
