@@ -32,10 +32,20 @@ mt.__index = function(e, k)
 end
 -- `summary` lets an error keep a peer's message verbatim in `message` while
 -- tostring gives more context (rpc errors: URL, method, code and message).
+-- One line, always (a log line, a JUnit attribute, `print(err)`): the
+-- message's first line, and how many more it has. The rest — a process's
+-- log tail, a deadlock's list of waiting tasks, a model state — stays in
+-- `message` for the reports' failure blocks, which print it whole.
 mt.__tostring = function(e)
-  local text = rawget(e, "summary") or e.message
-  if e.where then return e.where .. ": " .. tostring(text) end
-  return tostring(text)
+  local text = tostring(rawget(e, "summary") or e.message)
+  local first, rest = text:match("^([^\n]*)\n(.*)$")
+  if first then
+    local n = 1
+    for _ in rest:gmatch("\n") do n = n + 1 end
+    text = ("%s [+%d line%s in .message]"):format(first, n, n == 1 and "" or "s")
+  end
+  if e.where then return e.where .. ": " .. text end
+  return text
 end
 debug.getregistry()["atom.error"] = mt
 M.mt = mt

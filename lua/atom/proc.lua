@@ -452,7 +452,7 @@ local function exec(spec, fname, n)
     for i = from, #lines do q[#q + 1] = "  | " .. lines[i] end
     errors.raise("process", format("%s exited with %s%s", desc, status_text(code, sig),
       #quoted > 0 and ("\nstderr:\n" .. concat(q, "\n")) or " (no stderr)"),
-      { result = res, code = code, signal = sig, process = p.name })
+      { result = res, code = code, signal = sig, process = p.name, stderr = stderr })
   end
   return res
 end
