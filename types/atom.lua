@@ -20,6 +20,7 @@
 ---@field child_error atom.error|nil on a cancellation caused by a failing child or process
 ---@field also atom.error[]|nil later errors of siblings (gather/map)
 ---@field cleanup_errors atom.error[]|nil errors raised by cleanups
+---@field stderr string|nil a failed atom.exec / atom.sh: the command's stderr
 
 ---A task handle (`atom.go`, `atom.owner`).
 ---@class atom.task

@@ -58,6 +58,9 @@ function M.record(ev)
   for _, k in ipairs(LISTS) do
     if type(rec[k]) == "table" and json.array then rec[k] = json.array(rec[k]) end
   end
+  -- A stopped file whose running tests took the failure: no (scenario) error
+  -- of its own in the reports (the console and JUnit read _quiet).
+  if ev.type == "scenario_end" and ev._quiet then rec.tests_failed_instead = true end
   -- What a report shows of a failure (traceback frames, forensics, log
   -- tails, last RPC), so a saved log renders the same HTML page.
   if (ev.type == "test_end" and ev.status == "failed") or (ev.type == "scenario_end" and ev.status == "error") then

@@ -62,7 +62,7 @@ local function build(records)
       m.start = ev
     elseif ty == "run_end" then
       m.finish = ev
-    elseif ty == "scenario_end" and ev.status == "error" then
+    elseif ty == "scenario_end" and ev.status == "error" and not ev.tests_failed_instead then
       m.failures[#m.failures + 1] = { name = "(scenario) " .. tostring(ev.file), ev = ev }
     elseif ty == "test_start" then
       local lane = { name = ev.name, file = ev.file, t0 = t, status = "running" }
