@@ -174,8 +174,10 @@ void util_unref(lua_State *L, int *ref); /* stores LUA_NOREF */
 int util_live_refs(void);
 /* mkdir -p; raises io on failure. Lua: _atom.mkdir_p(path). */
 int util_mkdir_p(const char *path);
-/* The innermost frame of L that is not atom's own Lua code (false: none). */
+/* The innermost frame of L that is not atom's own Lua code (false: none),
+ * searching from stack level `level` up (0: the running function). */
 bool util_where_frame(lua_State *L, lua_Debug *ar);
+bool util_where_frame_from(lua_State *L, int level, lua_Debug *ar);
 /* "file:line" of that frame, or NULL. */
 const char *util_where(lua_State *L, char *buf, size_t size);
 double util_now(void); /* seconds since the run began (uv_hrtime) */

@@ -189,11 +189,18 @@ static int l_isatty(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg runtime_lib[] = {{"rm_rf", l_rm_rf},
-                                       {"isatty", l_isatty},
-                                       {"luv_handles", l_luv_handles},
-                                       {"mkdir_p", l_mkdir_p},
-                                       {NULL, NULL}};
+/* _atom.where(level) -> "file:line" of the script's frame from `level` up
+ * (1: the caller), or nothing. */
+static int l_where(lua_State *L) {
+  lua_Debug ar;
+  if (!util_where_frame_from(L, (int)luaL_optinteger(L, 1, 1), &ar)) return 0;
+  lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+  return 1;
+}
+
+static const luaL_Reg runtime_lib[] = {{"where", l_where},     {"rm_rf", l_rm_rf},
+                                       {"isatty", l_isatty},   {"luv_handles", l_luv_handles},
+                                       {"mkdir_p", l_mkdir_p}, {NULL, NULL}};
 
 /* The private C library `_atom`, in one place: every C function the Lua
  * modules may call, by subsystem (each table sits beside its functions).

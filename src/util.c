@@ -21,8 +21,12 @@ static bool is_internal(const char *src) {
   return strncmp(src, "@lua/atom/", 10) == 0 || src[0] == '=';
 }
 
-bool util_where_frame(lua_State *L, lua_Debug *ar) {
-  for (int level = 0; lua_getstack(L, level, ar); level++) {
+bool util_where_frame(lua_State *L, lua_Debug *ar) { return util_where_frame_from(L, 0, ar); }
+
+/* The one walk that finds the script's frame, for C and (as _atom.where)
+ * for lua/atom/errors.lua. */
+bool util_where_frame_from(lua_State *L, int level, lua_Debug *ar) {
+  for (; lua_getstack(L, level, ar); level++) {
     if (!lua_getinfo(L, "Sl", ar)) continue;
     if (ar->currentline > 0 && !is_internal(ar->source)) return true;
   }

@@ -53,22 +53,14 @@ M.mt = mt
 -- Set by atom.sched once the scheduler is loaded: returns the current task's name.
 M.task_name = function() return nil end
 
-local function is_internal(src)
-  return src:sub(1, 10) == "@lua/atom/" or src == "=[C]" or src:sub(1, 1) == "="
-end
+local c_where = require("_atom").where
 
---- "file:line" of the innermost frame that is not atom's own code.
+--- "file:line" of the innermost frame that is not atom's own code (the
+--- walk is util.c's, shared with the C side).
 ---@param level integer|nil stack level to start from (default 2: the caller of where())
 function M.where(level)
-  level = level or 2
-  while true do
-    local info = debug.getinfo(level + 1, "Sl")
-    if not info then return nil end
-    if info.currentline and info.currentline > 0 and not is_internal(info.source) then
-      return info.short_src .. ":" .. info.currentline
-    end
-    level = level + 1
-  end
+  local w = c_where((level or 2) + 1) -- not a tail call: that would move the levels
+  return w
 end
 
 --- Seconds as every message writes them: "2.5s" (src/sched.c: "%.14gs").
