@@ -172,7 +172,7 @@ double util_opttimeout(lua_State *L, int arg, const char *fname, double def);
 int util_ref(lua_State *L);
 void util_unref(lua_State *L, int *ref); /* stores LUA_NOREF */
 int util_live_refs(void);
-/* mkdir -p; raises io on failure. Lua: _atom.mkdir_p(path). */
+/* mkdir -p: 0, or -1 with errno set (Lua: _atom.mkdir_p raises io). */
 int util_mkdir_p(const char *path);
 /* The innermost frame of L that is not atom's own Lua code (false: none),
  * searching from stack level `level` up (0: the running function). */

@@ -25,9 +25,6 @@
 
 #include "atom.h"
 
-/* Wanted from sched.c: true once t's function has returned or raised, so a
- * critical exit after that is not the owner's failure. Weak until it exists. */
-
 lua_State *proc_L;
 static struct proc *live_head; /* every process not yet released */
 static int live_children;      /* spawned and not yet reaped */
@@ -46,7 +43,6 @@ static bool owner_running(struct task *t) {
   return !sched_task_returned(t);
 }
 
-/* True while some member of the group may still run. */
 /* Does any process of group pgid still run? Zombies do not count: an
  * orphaned member is reaped by init, which may take its time (seconds in
  * some containers), and waiting for that would stall every stop. */
@@ -350,6 +346,15 @@ static void stop_group_cb(struct timer *tm) {
   stop_check(container_of(tm, struct proc, group_timer));
 }
 
+/* The one kill sequence: the script ends p now (no grace), so its exit is
+ * expected and not a critical failure; group, leader and cgroup get SIGKILL. */
+static void kill_now(struct proc *p) {
+  p->critical = false;
+  p->caused = true;
+  group_signal(p, SIGKILL);
+  p->sigkilled = true;
+}
+
 static void grace_cb(struct timer *tm) {
   struct proc *p = container_of(tm, struct proc, grace_timer);
   group_signal(p, SIGKILL);
@@ -398,10 +403,7 @@ static void tick_cb(struct timer *tm) {
 }
 
 void proc_kill_and_reap(struct proc *p) {
-  p->critical = false;
-  p->caused = true;
-  group_signal(p, SIGKILL);
-  p->sigkilled = true;
+  kill_now(p);
   if (p->reaped || p->pidfd < 0) return;
   struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
   while (poll(&pfd, 1, 2000) < 0 && errno == EINTR) {
@@ -757,10 +759,7 @@ int proc_live_children(void) { return live_children; }
  * SIGKILL its group, no waiting; the exit finishes from the loop. */
 static void proc_owned_kill(struct owned *o) {
   struct proc *p = container_of(o, struct proc, own);
-  p->critical = false;
-  p->caused = true;
-  group_signal(p, SIGKILL);
-  p->sigkilled = true;
+  kill_now(p);
   stop_check(p);
 }
 
@@ -768,7 +767,7 @@ struct proc *proc_of_owned(struct owned *o) {
   return o->kill == proc_owned_kill ? container_of(o, struct proc, own) : NULL;
 }
 
-/* End of the run (--timeout, a second signal): SIGKILL every group. */
+/* Every process not yet released (a closing Lua state abandons them). */
 struct proc *proc_live_head(void) {
   return live_head;
 }
@@ -782,13 +781,9 @@ void proc_release_ud(struct proc *p) {
   proc_maybe_release(p);
 }
 
+/* End of the run (--timeout, a second signal): SIGKILL every group. */
 void proc_kill_all(void) {
-  for (struct proc *p = live_head; p; p = p->gnext) {
-    p->critical = false;
-    p->caused = true;
-    group_signal(p, SIGKILL);
-    p->sigkilled = true;
-  }
+  for (struct proc *p = live_head; p; p = p->gnext) kill_now(p);
   orphans(O_KILL_ONLY);
 }
 
