@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "atom.h"
+#include "agent.h"
 #include "proc.h"
 
 static lua_State *control; /* runs cli.lua and the reporters */
@@ -410,6 +411,8 @@ static int pmain(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  /* `atomlua agent` (docs/hosts.md): no Lua, no isolation, its own loop. */
+  if (argc >= 2 && strcmp(argv[1], "agent") == 0) return agent_main(argc, argv);
   /* Namespaces first: a user namespace needs a single-threaded caller. */
   isolate_enter(argc, argv);
   /* libuv assumes fds 0-2 are open (CI may run us without stdin). */

@@ -147,7 +147,9 @@ static int l_spawn(lua_State *L) {
                                                  : OUT_NULL;
   lua_getfield(L, 1, "stdout_fd"); /* output = "fd" (io.popen): the child's stdout */
   o.out_fd = (int)lua_tointeger(L, -1);
-  lua_pop(L, 1);
+  lua_getfield(L, 1, "stderr_fd"); /* and its stderr (a host's transport) */
+  o.err_fd = (int)lua_tointeger(L, -1);
+  lua_pop(L, 2);
   lua_getfield(L, 1, "critical");
   o.critical = lua_toboolean(L, -1);
   lua_getfield(L, 1, "lines");
@@ -162,8 +164,12 @@ static int l_spawn(lua_State *L) {
 
   char path[4096];
   const char *exe = opt_str(L, 1, "exe"); /* the program, when argv[0] is not it */
-  int r = spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path,
-                       sizeof path);
+  lua_getfield(L, 1, "link"); /* a process the agent on a host started (remote.c) */
+  bool remote = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  int r = remote ? 0
+                 : spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH,
+                                path, sizeof path);
   if (r == -ENOENT && !strchr(argv[0], '/'))
     return util_error(L, "spawn", "cannot spawn %s: not found on PATH", argv[0]);
   if (r) return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-r));
@@ -184,7 +190,16 @@ static int l_spawn(lua_State *L) {
   luaL_setmetatable(L, MT);
   int err;
   const char *stage;
-  struct proc *p = proc_start(&o, &err, &stage);
+  struct proc *p;
+  if (remote) {
+    lua_getfield(L, 1, "pid");
+    p = proc_start_remote(&o, (pid_t)lua_tointeger(L, -1));
+    lua_pop(L, 1);
+    err = -ENOMEM;
+    stage = "malloc";
+  } else {
+    p = proc_start(&o, &err, &stage);
+  }
   if (!p) {
     if (o.logfd >= 0 && !log_shared) close(o.logfd);
     if (o.logfd >= 0 && log_shared) outbuf_shared_log_unref();
@@ -196,6 +211,12 @@ static int l_spawn(lua_State *L) {
   }
   *ud = p;
   p->log_shared = log_shared;
+  if (remote) {
+    lua_getfield(L, 1, "link");
+    lua_getfield(L, 1, "rid");
+    remote_attach(L, -2, p, (uint32_t)lua_tointeger(L, -1));
+    lua_pop(L, 2);
+  }
   if (in_data) {
     proc_stdin_queue(p, in_data, in_len);
     p->in_close_after = true;
