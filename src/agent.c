@@ -16,6 +16,7 @@
 #include <ftw.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,7 @@ static char *dirs[64];
 static bool dir_keep[64];
 static int ndirs;
 static lua_State *ports_L;
+static int exit_code; /* 2 after a refusal */
 
 /* {==== buffers and frames ==== */
 
@@ -192,9 +194,19 @@ static void check_gone(struct aproc *p) {
   frame(A_GONE, p->id, NULL, 0);
 }
 
+static void read_out(struct aproc *p, int s);
+
 static void on_exit_status(struct aproc *p, int status) {
   if (p->exited) return;
   p->exited = true;
+  /* What it wrote before it exited goes first (a critical exit quotes it). */
+  for (int s = 0; s < 2; s++)
+    for (int i = 0; i < 64 && p->out[s] >= 0; i++) {
+      int before = p->out[s];
+      size_t q = outq.len;
+      read_out(p, s);
+      if (outq.len == q || p->out[s] != before) break;
+    }
   char s[4];
   put32(s, (uint32_t)status);
   frame(A_EXIT, p->id, s, 4);
@@ -515,6 +527,7 @@ static bool handle(int type, uint32_t id, const char *d, size_t n) {
                  "install the same atomlua version on both ends",
                  ATOM_VERSION, AGENT_PROTO, n > 4 ? (int)(n - 4) : 0, d + 4, v);
         frame(A_FATAL, 0, m, strlen(m));
+        exit_code = 2;
         return false;
       }
       return true;
@@ -552,6 +565,7 @@ static bool parse_input(void) {
       char m[128];
       snprintf(m, sizeof m, "bad frame length %u on stdin (is a terminal or a shell talking?)", len);
       frame(A_FATAL, 0, m, strlen(m));
+      exit_code = 2;
       return false;
     }
     if (inbuf.len - inbuf.off < 4 + (size_t)len) break;
@@ -699,7 +713,7 @@ int agent_main(int argc, char **argv) {
   free(pf);
   free(who);
   free(what);
-  return 0;
+  return exit_code;
 }
 
 /* }==== */

@@ -507,12 +507,14 @@ static void ownstop_done(struct proc *p) {
   sched_wake(&os->w, 0);
 }
 
-/* _atom.proc_stop_owned(): stop every process the current task owns, all
+/* _atom.proc_stop_owned([filter]): stop every process the current task owns, all
  * at once, each with its own grace; returns when all are over. Called by
  * the task trampoline (lua/atom/task.lua owner_end) for tests and roots. */
 static int l_stop_owned(lua_State *L) {
   struct task *t = sched_current(L);
   if (!t) return 0;
+  /* "remote": only processes on hosts, before the owner's hosts close. */
+  bool only_remote = lua_type(L, 1) == LUA_TSTRING && strcmp(lua_tostring(L, 1), "remote") == 0;
   int n = 0;
   for (struct owned *o = sched_owned(t); o; o = o->next) n += proc_of_owned(o) != NULL;
   if (n == 0) {
@@ -529,6 +531,7 @@ static int l_stop_owned(lua_State *L) {
     struct proc *p = proc_of_owned(o);
     if (!p) continue;
     int idx = k++;
+    if (only_remote && !p->rid) continue;
     proc_stop_begin(p, p->grace);
     if (p->stop_done || p->released) continue;
     p->os = os;

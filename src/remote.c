@@ -155,7 +155,6 @@ void remote_detach(struct proc *p) {
 
 /* One event for p; type 0: the transport is lost (p ends as if SIGKILLed). */
 static void deliver(struct link *l, struct proc *p, int type, const char *d, size_t n) {
-  (void)l;
   switch (type) {
     case A_OUT:
       if (n >= 1) proc_remote_feed(p, d[0] ? 1 : 0, d + 1, n - 1);
@@ -168,6 +167,10 @@ static void deliver(struct link *l, struct proc *p, int type, const char *d, siz
       break;
     case A_GONE: proc_remote_gone(p); break;
     case 0:
+      if (l->closing) { /* h:close() or the owner's end: the script's doing */
+        p->critical = false;
+        p->caused = true;
+      }
       remote_detach(p);
       p->link = NULL;
       proc_remote_exit(p, SIGKILL);
@@ -559,6 +562,12 @@ static int l_state(lua_State *L) {
   return 3;
 }
 
+/* link:closing(): the host is being closed; what ends now is expected. */
+static int l_closing(lua_State *L) {
+  check_link(L, 1)->closing = true;
+  return 0;
+}
+
 /* link:close(): stop reading (after the transport ended or was told to). */
 static int l_close(lua_State *L) {
   struct link *l = luaL_checkudata(L, 1, MT);
@@ -588,7 +597,8 @@ void remote_register(lua_State *L) {
   static const luaL_Reg methods[] = {{"child_fds", l_child_fds}, {"attach", l_attach},
                                      {"hello", l_hello},         {"send", l_send},
                                      {"request", l_request},     {"state", l_state},
-                                     {"close", l_close},         {NULL, NULL}};
+                                     {"close", l_close},         {"closing", l_closing},
+                                     {NULL, NULL}};
   luaL_newmetatable(L, MT);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
