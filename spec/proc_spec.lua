@@ -4,6 +4,12 @@
 -- ref or unreaped child (support.atom_loader).
 local support = require "support.atom_loader"
 local atom = support.atom
+-- spec/host_proc_spec.lua runs this file again with spawn, exec and sh
+-- going through a host's agent (support/host_backend.lua).
+local on_host = ATOMLUA_PROC_ON_HOST
+if on_host then atom = require("support.host_backend").wrap(atom) end
+-- Tests about the local child itself (its fds, signal mask, spawn cost).
+local local_it = on_host and pending or it
 
 -- Nothing may be left after a run: no task, handle, ref or unreaped child.
 local function assert_clean()

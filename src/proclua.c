@@ -194,7 +194,9 @@ static int l_spawn(lua_State *L) {
   if (remote) {
     lua_getfield(L, 1, "pid");
     p = proc_start_remote(&o, (pid_t)lua_tointeger(L, -1));
-    lua_pop(L, 1);
+    lua_getfield(L, 1, "rid"); /* remote from the start: stdin waits for remote_attach */
+    if (p) p->rid = (uint32_t)lua_tointeger(L, -1);
+    lua_pop(L, 2);
     err = -ENOMEM;
     stage = "malloc";
   } else {
@@ -211,12 +213,7 @@ static int l_spawn(lua_State *L) {
   }
   *ud = p;
   p->log_shared = log_shared;
-  if (remote) {
-    lua_getfield(L, 1, "link");
-    lua_getfield(L, 1, "rid");
-    remote_attach(L, -2, p, (uint32_t)lua_tointeger(L, -1));
-    lua_pop(L, 2);
-  }
+
   if (in_data) {
     proc_stdin_queue(p, in_data, in_len);
     p->in_close_after = true;
@@ -234,6 +231,20 @@ static int l_spawn(lua_State *L) {
   if (owner && sched_task_done(owner)) owner = sched_owner(sched_current(L));
   if (owner && sched_task_done(owner)) owner = NULL;
   proc_owner_link(p, owner);
+  if (remote) { /* last: what the host already sent (even its exit) is replayed now */
+    lua_getfield(L, 1, "wrapper"); /* the exit hook may see it before proc.lua returns */
+    if (lua_istable(L, -1)) {
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "_c");
+      lua_pushinteger(L, p->pid);
+      lua_setfield(L, -2, "pid");
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "link");
+    lua_getfield(L, 1, "rid");
+    remote_attach(L, -2, p, (uint32_t)lua_tointeger(L, -1));
+    lua_pop(L, 2);
+  }
   if (owner)
     sched_push_task(L, owner);
   else

@@ -138,6 +138,7 @@ void remote_attach(lua_State *L, int idx, struct proc *p, uint32_t rid) {
     free(e);
     break;
   }
+  if (p->link && p->in_head) proc_stdin_flush(p); /* stdin = "data" queued at the spawn */
   if (l->eof && p->link) deliver(l, p, 0, NULL, 0); /* the transport is gone already */
 }
 
