@@ -82,9 +82,14 @@ PidFile %s/sshd.pid
   error("sshd did not start: " .. sh("cat " .. D .. "/sshd.log"))
 end
 
-local function env(mode, t, bin)
-  return ("HOSTS_VIA=%s HOSTS_MODE=%s HOSTS_TAG=%s HOSTS_BIN=%s"):format(cli.q(via_words), mode, t,
-    cli.q(bin or (D .. "/bin/atomlua")))
+-- atomlua [opts] run ssh_node.lua -- via mode tag bin
+local function node_args(mode, t, opts)
+  local args = { "run" }
+  for _, a in ipairs(opts or {}) do args[#args + 1] = a end
+  for _, a in ipairs { "spec/fixtures/hosts/ssh_node.lua", "--", via_words, mode, t, D .. "/bin/atomlua" } do
+    args[#args + 1] = a
+  end
+  return args
 end
 
 local describe_ssh = have_sshd and describe or pending
@@ -101,12 +106,16 @@ describe_ssh("a host over ssh", function()
       local t = tag()
       local out, err = os.tmpname(), os.tmpname()
       local script = ([[
-%s %s run spec/fixtures/hosts/ssh_node.lua >%s 2>%s </dev/null &
+%s %s >%s 2>%s </dev/null &
 pid=$!
 i=0
 while ! grep -q KILLED %s 2>/dev/null; do i=$((i+1)); [ $i -gt 400 ] && break; sleep 0.05; done
 echo $pid
-]]):format(env("lost", t), cli.q(cli.bin), out, err, out)
+]]):format(cli.q(cli.bin), table.concat((function()
+        local q = {}
+        for i, a in ipairs(node_args("lost", t)) do q[i] = cli.q(a) end
+        return q
+      end)(), " "), out, err, out)
       local pid = sh(script):gsub("%s+$", "")
       assert.is_true(gone_within("1000." .. t, 2), "the remote node outlived its transport by 2 s")
       os.execute("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
@@ -126,10 +135,7 @@ echo $pid
   } do
     it("leaves nothing tagged on the host after " .. case[1], function()
       local t = tag()
-      local args = { "run" }
-      for _, a in ipairs(case[3]) do args[#args + 1] = a end
-      args[#args + 1] = "spec/fixtures/hosts/ssh_node.lua"
-      local r = cli.run(args, { env = env(case[2], t) })
+      local r = cli.run(node_args(case[2], t, case[3]))
       assert.matches("UPLOADED", r.out)
       if case[4] then assert.are.equal(case[4], r.code) else assert.are_not.equal(0, r.code) end
       assert.is_true(gone_within("1000." .. t, 3), "a tagged node survived " .. case[1])
@@ -140,7 +146,8 @@ echo $pid
   for _, sig in ipairs { "INT", "KILL" } do
     it("leaves nothing tagged on the host after SIG" .. sig .. " of atomlua", function()
       local t = tag()
-      local r = cli.run_signal({ "run", "spec/fixtures/hosts/ssh_node.lua" }, "READY", sig, { env = env("wait", t) })
+      local r = cli.run_signal(node_args("wait", t), "READY", sig)
+      assert.matches("READY", r.out)
       assert.are_not.equal(0, r.code)
       assert.is_true(gone_within("1000." .. t, 3), "a tagged node survived SIG" .. sig)
       assert.is_true(gone_within(D .. "/bin/atomlua agent", 3), "the agent survived SIG" .. sig)
