@@ -62,6 +62,7 @@ static int exit_code; /* 2 after a refusal */
 /* {==== buffers and frames ==== */
 
 static void buf_put(struct buf *b, const void *d, size_t n) {
+  if (n == 0) return;
   if (b->len + n > b->cap) {
     if (b->off > 0) { /* compact first */
       memmove(b->p, b->p + b->off, b->len - b->off);
@@ -102,7 +103,9 @@ static void frame2(int type, uint32_t id, const void *a, size_t na, const void *
   if (nb) buf_put(&outq, b, nb);
 }
 
-static void frame(int type, uint32_t id, const void *a, size_t na) { frame2(type, id, a, na, 0, 0); }
+static void frame(int type, uint32_t id, const void *a, size_t na) {
+  frame2(type, id, a, na, 0, 0);
+}
 
 static void reply_err(uint32_t id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void reply_err(uint32_t id, const char *fmt, ...) {
@@ -231,12 +234,11 @@ static int pipe_nb(int fds[2], int nb_end) {
 static void do_spawn(uint32_t id, const char *d, size_t n) {
   if (find(id)) return reply_err(id, "process id %u is in use", id);
   /* Parse the items; the strings are copied into `keep` (freed at the end). */
-  size_t cap = 16, nk = 0, na = 0, ne = 0, nu = 0;
+  size_t nk = 0, na = 0, ne = 0, nu = 0;
   char **keep = calloc(n / 5 + 2, sizeof *keep);
   const char **args = calloc(n / 5 + 2, sizeof *args);
   const char **sets = calloc(n / 5 + 2, sizeof *sets);
   const char **unsets = calloc(n / 5 + 2, sizeof *unsets);
-  (void)cap;
   const char *cwd = NULL, *in_mode = "null", *out_mode = "capture", *data = NULL;
   size_t data_len = 0;
   bool clear = false;
@@ -247,18 +249,33 @@ static void do_spawn(uint32_t id, const char *d, size_t n) {
     const char *v = d + off + 5;
     off += 5 + len;
     switch (tag) {
-      case S_ARG: args[na++] = item_str(v, len, &keep[nk++]); break;
-      case S_ENV: sets[ne++] = item_str(v, len, &keep[nk++]); break;
-      case S_UNSET: unsets[nu++] = item_str(v, len, &keep[nk++]); break;
-      case S_CLEAR: clear = true; break;
-      case S_CWD: cwd = item_str(v, len, &keep[nk++]); break;
-      case S_STDIN: in_mode = item_str(v, len, &keep[nk++]); break;
-      case S_OUTPUT: out_mode = item_str(v, len, &keep[nk++]); break;
+      case S_ARG:
+        args[na++] = item_str(v, len, &keep[nk++]);
+        break;
+      case S_ENV:
+        sets[ne++] = item_str(v, len, &keep[nk++]);
+        break;
+      case S_UNSET:
+        unsets[nu++] = item_str(v, len, &keep[nk++]);
+        break;
+      case S_CLEAR:
+        clear = true;
+        break;
+      case S_CWD:
+        cwd = item_str(v, len, &keep[nk++]);
+        break;
+      case S_STDIN:
+        in_mode = item_str(v, len, &keep[nk++]);
+        break;
+      case S_OUTPUT:
+        out_mode = item_str(v, len, &keep[nk++]);
+        break;
       case S_DATA:
         data = v;
         data_len = len;
         break;
-      default: break;
+      default:
+        break;
     }
   }
   /* The environment: ours unless cleared, minus unsets and overridden keys. */
@@ -287,8 +304,9 @@ static void do_spawn(uint32_t id, const char *d, size_t n) {
   int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
   bool capture = strcmp(out_mode, "capture") == 0;
   bool piped_in = data || strcmp(in_mode, "pipe") == 0;
-  int r = na == 0 ? -ENOENT : spawn_lookup(args[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path,
-                                            sizeof path);
+  int r = na == 0
+              ? -ENOENT
+              : spawn_lookup(args[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path, sizeof path);
   if (na == 0) {
     reply_err(id, "cannot spawn: empty argv");
     goto done;
@@ -314,8 +332,12 @@ static void do_spawn(uint32_t id, const char *d, size_t n) {
       .cwd = cwd,
       .fd_in = piped_in ? in[0] : nul,
       /* "inherit" would write into our stdout, the wire: the agent's stderr instead */
-      .fd_out = capture ? out[1] : strcmp(out_mode, "inherit") == 0 ? 2 : nul,
-      .fd_err = capture ? err[1] : strcmp(out_mode, "inherit") == 0 ? 2 : nul,
+      .fd_out = capture                            ? out[1]
+                : strcmp(out_mode, "inherit") == 0 ? 2
+                                                   : nul,
+      .fd_err = capture                            ? err[1]
+                : strcmp(out_mode, "inherit") == 0 ? 2
+                                                   : nul,
   };
   pid_t pid;
   int pidfd;
@@ -474,8 +496,8 @@ static void do_port(uint32_t id) {
   lua_State *L = ports_L;
   lua_getfield(L, 1, "free_port");
   if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    const char *m = lua_type(L, -1) == LUA_TTABLE ? (lua_getfield(L, -1, "message"), "")
-                                                   : lua_tostring(L, -1);
+    const char *m =
+        lua_type(L, -1) == LUA_TTABLE ? (lua_getfield(L, -1, "message"), "") : lua_tostring(L, -1);
     reply_err(id, "free_port: %s", *m ? m : lua_tostring(L, -1));
     lua_settop(L, 1);
     return;
@@ -532,7 +554,9 @@ static bool handle(int type, uint32_t id, const char *d, size_t n) {
       }
       return true;
     }
-    case A_SPAWN: do_spawn(id, d, n); return true;
+    case A_SPAWN:
+      do_spawn(id, d, n);
+      return true;
     case A_SIGNAL:
       if ((p = find(id)) && !p->gone && n >= 4) {
         int sig = (int)get32(d);
@@ -541,18 +565,30 @@ static bool handle(int type, uint32_t id, const char *d, size_t n) {
       return true;
     case A_WRITE:
       if ((p = find(id)) && p->in >= 0 && !p->in_close_after) {
-        if (p->inq.len - p->inq.off + n > IN_MAX) close_fd(&p->in); /* a reader that never reads */
-        else buf_put(&p->inq, d, n);
+        if (p->inq.len - p->inq.off + n > IN_MAX)
+          close_fd(&p->in); /* a reader that never reads */
+        else
+          buf_put(&p->inq, d, n);
       }
       return true;
     case A_CLOSE:
       if ((p = find(id))) p->in_close_after = true;
       return true;
-    case A_PORT: do_port(id); return true;
-    case A_PUT: do_put(id, d, n); return true;
-    case A_GET: do_get(id, d, n); return true;
-    case A_DIR: do_dir(id, d, n); return true;
-    default: reply_err(id, "unknown request type %d", type); return true;
+    case A_PORT:
+      do_port(id);
+      return true;
+    case A_PUT:
+      do_put(id, d, n);
+      return true;
+    case A_GET:
+      do_get(id, d, n);
+      return true;
+    case A_DIR:
+      do_dir(id, d, n);
+      return true;
+    default:
+      reply_err(id, "unknown request type %d", type);
+      return true;
   }
 }
 
@@ -563,7 +599,8 @@ static bool parse_input(void) {
     uint32_t len = get32(h);
     if (len < 5 || len > AGENT_FRAME_MAX) {
       char m[128];
-      snprintf(m, sizeof m, "bad frame length %u on stdin (is a terminal or a shell talking?)", len);
+      snprintf(m, sizeof m, "bad frame length %u on stdin (is a terminal or a shell talking?)",
+               len);
       frame(A_FATAL, 0, m, strlen(m));
       exit_code = 2;
       return false;
@@ -635,10 +672,15 @@ int agent_main(int argc, char **argv) {
     for (struct aproc *p = procs; p; p = p->next) need += 4;
     if (need > pcap) {
       pcap = need * 2;
-      pf = realloc(pf, pcap * sizeof *pf);
-      who = realloc(who, pcap * sizeof *who);
-      what = realloc(what, pcap * sizeof *what);
-      if (!pf || !who || !what) _exit(70);
+      struct pollfd *npf = realloc(pf, pcap * sizeof *pf);
+      if (!npf) _exit(70);
+      pf = npf;
+      struct aproc **nwho = realloc(who, pcap * sizeof *who);
+      if (!nwho) _exit(70);
+      who = nwho;
+      int *nwhat = realloc(what, pcap * sizeof *what);
+      if (!nwhat) _exit(70);
+      what = nwhat;
     }
     /* Stop reading requests while the wire out is backed up: a bound. */
     bool backed_up = outq.len - outq.off > 8 * 1024 * 1024;

@@ -37,8 +37,8 @@
 #define S_UNSET 'u' /* K */
 #define S_CLEAR 'z' /* start from an empty environment */
 #define S_CWD 'c'
-#define S_STDIN 'i' /* "pipe" or "null" */
-#define S_DATA 'd'  /* stdin bytes, written then closed */
+#define S_STDIN 'i'  /* "pipe" or "null" */
+#define S_DATA 'd'   /* stdin bytes, written then closed */
 #define S_OUTPUT 'o' /* "capture", "null" or "inherit" (the agent's stderr) */
 
 int agent_main(int argc, char **argv);

@@ -12,8 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "atom.h"
 #include "agent.h"
+#include "atom.h"
 #include "proc.h"
 
 static lua_State *control; /* runs cli.lua and the reporters */

@@ -605,10 +605,10 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
                   : o->output == OUT_NULL  ? nul
                   : o->output == OUT_FD    ? o->out_fd
                                            : -1,
-        .fd_err = o->output == OUT_CAPTURE                ? errp[1]
-                  : o->output == OUT_NULL                 ? nul
+        .fd_err = o->output == OUT_CAPTURE               ? errp[1]
+                  : o->output == OUT_NULL                ? nul
                   : o->output == OUT_FD && o->err_fd > 0 ? o->err_fd
-                                                          : -1,
+                                                         : -1,
         .cgroup_fd = cgprocs,
     };
     r = spawn_start(&req, &p->pid, &p->pidfd, stage);

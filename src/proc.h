@@ -218,9 +218,9 @@ struct proc {
   /* A process on a host (remote.c): pid is the agent's, signals and stdin go
    * through the link, output and the exit come from it. */
   struct link *link;
-  uint32_t rid;      /* its id on the link */
-  bool rout[2];      /* its stdout / stderr still open on the host */
-  bool rgone;        /* its group has no live member on the host */
+  uint32_t rid;       /* its id on the link */
+  bool rout[2];       /* its stdout / stderr still open on the host */
+  bool rgone;         /* its group has no live member on the host */
   struct proc *rnext; /* in the link's list */
 };
 

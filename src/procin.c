@@ -84,7 +84,7 @@ static void in_cb(uv_poll_t *h, int status, int events);
 
 /* Write queued data until the pipe is full; then poll for room. */
 void proc_stdin_flush(struct proc *p) {
-  if (p->rid) { /* on a host: taken once the transport's stdin queue has it */
+  if (p->rid) {           /* on a host: taken once the transport's stdin queue has it */
     if (!p->link) return; /* not attached yet (remote_attach flushes) or lost */
     while (p->in_head && p->in_fd >= 0) {
       struct wreq *r = p->in_head;

@@ -164,12 +164,12 @@ static int l_spawn(lua_State *L) {
 
   char path[4096];
   const char *exe = opt_str(L, 1, "exe"); /* the program, when argv[0] is not it */
-  lua_getfield(L, 1, "link"); /* a process the agent on a host started (remote.c) */
+  lua_getfield(L, 1, "link");             /* a process the agent on a host started (remote.c) */
   bool remote = !lua_isnil(L, -1);
   lua_pop(L, 1);
   int r = remote ? 0
-                 : spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH,
-                                path, sizeof path);
+                 : spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path,
+                                sizeof path);
   if (r == -ENOENT && !strchr(argv[0], '/'))
     return util_error(L, "spawn", "cannot spawn %s: not found on PATH", argv[0]);
   if (r) return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-r));

@@ -138,7 +138,7 @@ void remote_attach(lua_State *L, int idx, struct proc *p, uint32_t rid) {
     free(e);
     break;
   }
-  if (p->link && p->in_head) proc_stdin_flush(p); /* stdin = "data" queued at the spawn */
+  if (p->link && p->in_head) proc_stdin_flush(p);   /* stdin = "data" queued at the spawn */
   if (l->eof && p->link) deliver(l, p, 0, NULL, 0); /* the transport is gone already */
 }
 
@@ -166,7 +166,9 @@ static void deliver(struct link *l, struct proc *p, int type, const char *d, siz
     case A_EXIT:
       if (n >= 4) proc_remote_exit(p, (int)get32(d));
       break;
-    case A_GONE: proc_remote_gone(p); break;
+    case A_GONE:
+      proc_remote_gone(p);
+      break;
     case 0:
       if (l->closing) { /* h:close() or the owner's end: the script's doing */
         p->critical = false;
@@ -179,7 +181,8 @@ static void deliver(struct link *l, struct proc *p, int type, const char *d, siz
       proc_remote_eof(p, 1);
       proc_remote_gone(p);
       break;
-    default: break;
+    default:
+      break;
   }
 }
 
@@ -322,8 +325,11 @@ static void on_frame(struct link *l, int type, uint32_t id, const char *d, size_
       }
       return;
     case A_OK:
-    case A_ERR: wake_reply(l, id, type, d, n); return;
-    default: break;
+    case A_ERR:
+      wake_reply(l, id, type, d, n);
+      return;
+    default:
+      break;
   }
   struct proc *p = find_proc(l, id);
   if (p) {
@@ -355,7 +361,8 @@ static void parse(struct link *l) {
     uint32_t len = get32(l->in + off);
     if (len < 5 || len > AGENT_FRAME_MAX) {
       /* Not an agent talking (a shell's greeting, a wrong binary). */
-      size_t k = l->len - off < 200 ? l->len - off : 200;
+      size_t avail = l->len - off;
+      size_t k = avail < 200 ? avail : 200;
       free(l->fatal);
       l->fatal = malloc(k * 4 + 80);
       if (l->fatal) {
@@ -595,11 +602,10 @@ static int l_gc(lua_State *L) {
 }
 
 void remote_register(lua_State *L) {
-  static const luaL_Reg methods[] = {{"child_fds", l_child_fds}, {"attach", l_attach},
-                                     {"hello", l_hello},         {"send", l_send},
-                                     {"request", l_request},     {"state", l_state},
-                                     {"close", l_close},         {"closing", l_closing},
-                                     {NULL, NULL}};
+  static const luaL_Reg methods[] = {
+      {"child_fds", l_child_fds}, {"attach", l_attach},   {"hello", l_hello},
+      {"send", l_send},           {"request", l_request}, {"state", l_state},
+      {"close", l_close},         {"closing", l_closing}, {NULL, NULL}};
   luaL_newmetatable(L, MT);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
