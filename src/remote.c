@@ -348,6 +348,20 @@ static void on_frame(struct link *l, int type, uint32_t id, const char *d, size_
   e->len += AGENT_HDR + n;
 }
 
+/* "not the atomlua agent protocol; it sent: ..." quoting what came (malloc'd). */
+static char *not_agent(const char *d, size_t n) {
+  if (n > 200) n = 200;
+  char *m = malloc(n * 4 + 80);
+  if (!m) return NULL;
+  char *q = m + sprintf(m, "not the atomlua agent protocol; it sent: \"");
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)d[i];
+    q += (c >= 32 && c < 127 && c != '"') ? sprintf(q, "%c", c) : sprintf(q, "\\x%02x", c);
+  }
+  strcpy(q, "\"");
+  return m;
+}
+
 static void parse(struct link *l) {
   size_t off = 0;
   static const char prompt[] = "atomlua-upload\n";
@@ -361,18 +375,8 @@ static void parse(struct link *l) {
     uint32_t len = get32(l->in + off);
     if (len < 5 || len > AGENT_FRAME_MAX) {
       /* Not an agent talking (a shell's greeting, a wrong binary). */
-      size_t avail = l->len - off;
-      size_t k = avail < 200 ? avail : 200;
       free(l->fatal);
-      l->fatal = malloc(k * 4 + 80);
-      if (l->fatal) {
-        char *q = l->fatal + sprintf(l->fatal, "not the atomlua agent protocol; it sent: \"");
-        for (size_t i = 0; i < k; i++) {
-          unsigned char c = (unsigned char)l->in[off + i];
-          q += (c >= 32 && c < 127 && c != '"') ? sprintf(q, "%c", c) : sprintf(q, "\\x%02x", c);
-        }
-        strcpy(q, "\"");
-      }
+      l->fatal = not_agent(l->in + off, l->len - off);
       l->len = 0;
       link_lost(l);
       return;
