@@ -92,7 +92,9 @@ describe("atom.spawn and expect", function()
 
   it("lets concurrent expects scan from where the cursor was", function()
     run(function()
-      local p = atom.spawn { "sh", "-c", "echo one; echo two; exec sleep 5" }
+      -- the lines come after both expects started (a host's spawn waits for
+      -- the agent's reply, by which time they could be buffered already)
+      local p = atom.spawn { "sh", "-c", "sleep 0.3; echo one; echo two; exec sleep 5" }
       local a, b = atom.gather(function() return p:expect("two") end, function() return p:expect("one") end)
       assert.are.same({ "two", "one" }, { a, b })
       -- the cursor is past "two" now

@@ -380,4 +380,6 @@ function M.host(opts)
   return h
 end
 
+M._Host = Host -- for spec/types_spec.lua
+
 return M
