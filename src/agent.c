@@ -28,7 +28,6 @@
 #include "atom.h"
 #include "proc.h"
 
-
 extern char **environ;
 
 #define CHUNK (64 * 1024)
