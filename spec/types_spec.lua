@@ -118,6 +118,8 @@ local function present()
     for _, f in ipairs { "process", "f", "value", "index", "type", "completion" } do
       names["atom.hist_op." .. f] = true
     end
+    methods("atom.remote_host", require("atom.host")._Host)
+    for _, f in ipairs { "name", "address", "dir", "via", "uploaded" } do names["atom.remote_host." .. f] = true end
     local res = h:check { model = "register" }
     methods("atom.verdict", getmetatable(res).__index)
     for _, f in ipairs { "valid", "ops", "keys", "seconds", "model", "history", "counterexample" } do

@@ -202,7 +202,7 @@ bool mem_take_exhausted(void); /* the same, true only the first time */
 
 extern const luaL_Reg sched_lib[], proc_lib[], rawpipe_lib[], http_lib[], hstream_lib[], grpc_lib[],
     pb_lib[], net_lib[], ports_lib[], ws_lib[], netns_lib[], proxy_lib[], json_lib[], bytes_lib[],
-    work_lib[], lincheck_lib[];
+    work_lib[], lincheck_lib[], remote_lib[];
 
 void sched_register(lua_State *L);
 void proc_register(lua_State *L);
@@ -215,6 +215,7 @@ void ws_register(lua_State *L);
 void netns_register(lua_State *L);
 void proxy_register(lua_State *L);
 void json_register(lua_State *L);
+void remote_register(lua_State *L); /* remote.c: the link to a host's agent */
 
 /* A connected atom.tcp stream handed to C code layered on it (ws.c): a dup
  * of its socket (close-on-exec), the bytes read ahead pushed on L; the stream

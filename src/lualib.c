@@ -222,6 +222,7 @@ static const luaL_Reg *const atom_lib[] = {
     bytes_lib,    /* bytes.c: base64, hex */
     work_lib,     /* work.c: atom.work */
     lincheck_lib, /* lincheck.c: the linearizability checker */
+    remote_lib,   /* remote.c: the link to a host's agent (atom.host) */
     runtime_lib,  /* this file: files and the terminal */
     NULL};
 
@@ -243,6 +244,7 @@ int runtime_open(lua_State *L, bool cli) {
   netns_register(L);
   proxy_register(L);
   json_register(L);
+  remote_register(L);
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");
   lua_pushstring(L, ATOM_VERSION);

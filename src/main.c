@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "atom.h"
 #include "proc.h"
 
@@ -410,6 +411,8 @@ static int pmain(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  /* `atomlua agent` (docs/hosts.md): no Lua, no isolation, its own loop. */
+  if (argc >= 2 && strcmp(argv[1], "agent") == 0) return agent_main(argc, argv);
   /* Namespaces first: a user namespace needs a single-threaded caller. */
   isolate_enter(argc, argv);
   /* libuv assumes fds 0-2 are open (CI may run us without stdin). */

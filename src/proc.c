@@ -85,6 +85,11 @@ static bool group_exists(struct proc *p) {
 /* The group, or else the cgroup: what a daemon started by p left behind. */
 static bool group_alive(struct proc *p) {
   if (p->group_done) return false;
+  if (p->rid) { /* on a host: the agent says when the group is empty */
+    if (!p->rgone) return true;
+    p->group_done = true;
+    return false;
+  }
   if (group_exists(p) && group_has_live_member(p->pid)) return true;
   if (p->cgfd >= 0 && cgroup_populated(p->cgfd)) {
     if (p->reaped) p->swept = true;
@@ -96,6 +101,10 @@ static bool group_alive(struct proc *p) {
 
 void proc_signal(struct proc *p, int sig) {
   if (p->group_done) return;
+  if (p->rid) {
+    remote_signal(p, sig);
+    return;
+  }
   reaper_signal_group(p->pid, p->pidfd, sig);
   if (p->cgfd >= 0) {
     cgroup_signal(p->cgfd, sig);
@@ -256,8 +265,15 @@ static void wake_lines(struct proc *p) { wake_kind(p, W_LINE, line_ready, push_n
 
 /* {==== output ==== */
 
+/* Is stream s still open (here, or on the host)? */
+static bool out_open(struct proc *p, int s) { return p->out[s].fd >= 0 || p->rout[s]; }
+
 static void rpipe_close(struct proc *p, int s) {
   struct rpipe *rp = &p->out[s];
+  if (p->rout[s]) {
+    p->rout[s] = false;
+    outbuf_eof(&p->ob, s);
+  }
   if (rp->fd < 0) return;
   ep_del(rp->fd);
   close(rp->fd);
@@ -290,7 +306,7 @@ static void end_output(struct proc *p) {
 
 /* End of output is EOF on both pipes once the process has exited. */
 static void check_output_end(struct proc *p) {
-  if (p->reaped && p->out[0].fd < 0 && p->out[1].fd < 0) end_output(p);
+  if (p->reaped && !out_open(p, 0) && !out_open(p, 1)) end_output(p);
 }
 
 static void out_event(struct proc *p, int s) {
@@ -328,7 +344,7 @@ static void exit_poll_close(struct proc *p) {
 static void mark_reaped(struct proc *p, int status) {
   p->reaped = true;
   p->status = status;
-  live_children--;
+  if (!p->rid) live_children--;
 }
 
 static void stop_finish(struct proc *p);
@@ -484,7 +500,7 @@ static void on_exit_cb(struct proc *p) {
   }
   wake_kind(p, W_EXIT, exit_ready, push_status_w, 2);
   (void)group_alive(p); /* usually nothing is left in the group: release now */
-  if (p->out[0].fd < 0 && p->out[1].fd < 0)
+  if (!out_open(p, 0) && !out_open(p, 1))
     end_output(p);
   else if (!p->out_ended)
     timer_start(&p->eof_timer, 0.5, eof_timer_cb);
@@ -507,8 +523,7 @@ void proc_maybe_release(struct proc *p) {
     }
     return;
   }
-  if (!p->reaped || !p->exit_done || p->out[0].fd >= 0 || p->out[1].fd >= 0 || !p->group_done)
-    return;
+  if (!p->reaped || !p->exit_done || out_open(p, 0) || out_open(p, 1) || !p->group_done) return;
   if (p->stopping && !p->stop_done) return;
   p->released = true;
   timer_stop(&p->eof_timer);
@@ -522,7 +537,10 @@ void proc_maybe_release(struct proc *p) {
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
   if (p->ob.logfd >= 0 && p->log_shared) outbuf_shared_log_unref();
   p->ob.logfd = -1;
-  reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
+  if (p->rid)
+    remote_detach(p);
+  else
+    reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
   if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd);
@@ -589,9 +607,10 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
                   : o->output == OUT_NULL  ? nul
                   : o->output == OUT_FD    ? o->out_fd
                                            : -1,
-        .fd_err = o->output == OUT_CAPTURE ? errp[1]
-                  : o->output == OUT_NULL  ? nul
-                                           : -1,
+        .fd_err = o->output == OUT_CAPTURE               ? errp[1]
+                  : o->output == OUT_NULL                ? nul
+                  : o->output == OUT_FD && o->err_fd > 0 ? o->err_fd
+                                                         : -1,
         .cgroup_fd = cgprocs,
     };
     r = spawn_start(&req, &p->pid, &p->pidfd, stage);
@@ -648,6 +667,64 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
 
 /* }==== */
 
+/* {==== processes on hosts (remote.c feeds them) ==== */
+
+/* A process the agent on a host started: no fds here, pid is the host's. */
+struct proc *proc_start_remote(const struct proc_opts *o, pid_t pid) {
+  struct proc *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->pid = pid;
+  p->pidfd = p->cgfd = -1;
+  p->out[0].fd = p->out[1].fd = -1;
+  p->rout[0] = p->rout[1] = o->output == OUT_CAPTURE;
+  p->ref = LUA_NOREF;
+  p->critical = o->critical;
+  p->grace = o->grace;
+  p->name = strdup(o->name);
+  p->in_fd = o->stdin_mode != STDIN_NULL ? REMOTE_STDIN_OPEN : -1;
+  timer_init(&p->eof_timer);
+  timer_init(&p->grace_timer);
+  timer_init(&p->group_timer);
+  timer_init(&p->tick);
+  outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
+  p->gnext = live_head;
+  if (live_head) live_head->gprev = p;
+  live_head = p;
+  return p;
+}
+
+void proc_remote_feed(struct proc *p, int s, const char *data, size_t n) {
+  if (!p->rout[s] || p->released) return;
+  outbuf_feed(&p->ob, s, data, n);
+  outbuf_flush(&p->ob);
+  wake_lines(p);
+}
+
+void proc_remote_eof(struct proc *p, int s) {
+  if (p->released) return;
+  rpipe_close(p, s);
+  outbuf_flush(&p->ob);
+  wake_lines(p);
+  check_output_end(p);
+  proc_maybe_release(p);
+}
+
+void proc_remote_exit(struct proc *p, int status) {
+  if (p->reaped || p->released) return;
+  mark_reaped(p, status);
+  on_exit_cb(p);
+}
+
+void proc_remote_gone(struct proc *p) {
+  if (p->released) return;
+  p->rgone = true;
+  (void)group_alive(p);
+  stop_check(p);
+  proc_maybe_release(p);
+}
+
+/* }==== */
+
 /* {==== orphans: atomlua is a child subreaper ==== */
 
 /* A daemon's double fork (or any descendant whose parent died) reparents
@@ -687,7 +764,7 @@ static void luv_pid_cb(uv_handle_t *h, void *arg) {
 
 static bool is_ours(pid_t pid) {
   for (struct proc *p = live_head; p; p = p->gnext)
-    if (p->pid == pid && !p->reaped) return true;
+    if (p->pid == pid && !p->reaped && !p->rid) return true;
   return false;
 }
 
@@ -783,7 +860,9 @@ void proc_release_ud(struct proc *p) {
 
 /* End of the run (--timeout, a second signal): SIGKILL every group. */
 void proc_kill_all(void) {
-  for (struct proc *p = live_head; p; p = p->gnext) kill_now(p);
+  for (struct proc *p = live_head; p; p = p->gnext)
+    if (!p->rid)
+      kill_now(p); /* remote: may run off the loop thread; the transports' deaths end these */
   orphans(O_KILL_ONLY);
 }
 
@@ -811,8 +890,9 @@ void proc_abandon(struct proc *p) {
   rpipe_close(p, 1);
   if (!p->reaped) { /* still not gone after SIGKILL: leave it to the reaper */
     p->reaped = true;
-    live_children--;
+    if (!p->rid) live_children--;
   }
+  p->rgone = true;
   proc_maybe_release(p);
 }
 

@@ -151,6 +151,7 @@ struct proc_opts {
   int stdin_mode, output, logfd;
   int out_fd; /* with OUT_FD: the child's stdout (rawpipe.c's io.popen) */
   int netns;  /* > 0: run inside this network namespace (atom.net.host) */
+  int err_fd; /* with OUT_FD: > 0 gives the child's stderr too (a host's transport) */
   bool critical, keep_lines;
   double grace;
   size_t tail_max;
@@ -214,6 +215,13 @@ struct proc {
   struct ownstop *os;                 /* the owner's stop waiting for it (proclua.c) */
   int os_idx;
   struct proc *free_next; /* freed after the current event batch */
+  /* A process on a host (remote.c): pid is the agent's, signals and stdin go
+   * through the link, output and the exit come from it. */
+  struct link *link;
+  uint32_t rid;       /* its id on the link */
+  bool rout[2];       /* its stdout / stderr still open on the host */
+  bool rgone;         /* its group has no live member on the host */
+  struct proc *rnext; /* in the link's list */
 };
 
 extern lua_State *proc_L; /* a thread of the current Lua state, for callbacks */
@@ -246,6 +254,20 @@ struct wreq *proc_stdin_queue(struct proc *p, const char *data, size_t n);
 void proc_stdin_flush(struct proc *p);
 void proc_stdin_close(struct proc *p);   /* procin.c, like the two above */
 void proc_maybe_release(struct proc *p); /* release or free p once it is over */
+
+/* A process on a host (remote.c drives these): */
+#define REMOTE_STDIN_OPEN 0x7fffffff /* in_fd of a remote process with stdin = "pipe" */
+struct proc *proc_start_remote(const struct proc_opts *o, pid_t pid);
+void proc_remote_feed(struct proc *p, int s, const char *data, size_t n);
+void proc_remote_eof(struct proc *p, int s);
+void proc_remote_exit(struct proc *p, int status);
+void proc_remote_gone(struct proc *p);
+/* remote.c */
+void remote_signal(struct proc *p, int sig);
+void remote_stdin(struct proc *p, const char *data, size_t n); /* n == 0 with data NULL: close */
+void remote_detach(struct proc *p);
+/* Tie p to the link at stack index idx under id rid; replays what came for it. */
+void remote_attach(lua_State *L, int idx, struct proc *p, uint32_t rid);
 
 #endif
 /* }==== */

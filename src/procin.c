@@ -66,6 +66,11 @@ static void wreq_done(struct proc *p, struct wreq *r, int err) {
 void proc_stdin_close(struct proc *p) {
   while (p->in_head) wreq_done(p, p->in_head, EPIPE);
   if (p->in_fd < 0) return;
+  if (p->rid) { /* on a host: the agent closes it after what it queued */
+    p->in_fd = -1;
+    remote_stdin(p, NULL, 0);
+    return;
+  }
   if (p->in_polling) {
     uv_poll_stop(&p->in_h);
     uv_close((uv_handle_t *)&p->in_h, in_close_cb);
@@ -79,6 +84,17 @@ static void in_cb(uv_poll_t *h, int status, int events);
 
 /* Write queued data until the pipe is full; then poll for room. */
 void proc_stdin_flush(struct proc *p) {
+  if (p->rid) {           /* on a host: taken once the transport's stdin queue has it */
+    if (!p->link) return; /* not attached yet (remote_attach flushes) or lost */
+    while (p->in_head && p->in_fd >= 0) {
+      struct wreq *r = p->in_head;
+      remote_stdin(p, r->data + r->off, r->len - r->off);
+      r->off = r->len;
+      wreq_done(p, r, 0);
+    }
+    if (!p->in_head && p->in_close_after) proc_stdin_close(p);
+    return;
+  }
   while (p->in_head && p->in_fd >= 0) {
     struct wreq *r = p->in_head;
     ssize_t k = r->len > r->off ? write_nosigpipe(p->in_fd, r->data + r->off, r->len - r->off) : 0;

@@ -147,7 +147,9 @@ static int l_spawn(lua_State *L) {
                                                  : OUT_NULL;
   lua_getfield(L, 1, "stdout_fd"); /* output = "fd" (io.popen): the child's stdout */
   o.out_fd = (int)lua_tointeger(L, -1);
-  lua_pop(L, 1);
+  lua_getfield(L, 1, "stderr_fd"); /* and its stderr (a host's transport) */
+  o.err_fd = (int)lua_tointeger(L, -1);
+  lua_pop(L, 2);
   lua_getfield(L, 1, "critical");
   o.critical = lua_toboolean(L, -1);
   lua_getfield(L, 1, "lines");
@@ -162,8 +164,12 @@ static int l_spawn(lua_State *L) {
 
   char path[4096];
   const char *exe = opt_str(L, 1, "exe"); /* the program, when argv[0] is not it */
-  int r = spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path,
-                       sizeof path);
+  lua_getfield(L, 1, "link");             /* a process the agent on a host started (remote.c) */
+  bool remote = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  int r = remote ? 0
+                 : spawn_lookup(exe ? exe : argv[0], path_env ? path_env : SPAWN_DEFAULT_PATH, path,
+                                sizeof path);
   if (r == -ENOENT && !strchr(argv[0], '/'))
     return util_error(L, "spawn", "cannot spawn %s: not found on PATH", argv[0]);
   if (r) return util_error(L, "spawn", "cannot spawn %s: %s", argv[0], strerror(-r));
@@ -184,7 +190,18 @@ static int l_spawn(lua_State *L) {
   luaL_setmetatable(L, MT);
   int err;
   const char *stage;
-  struct proc *p = proc_start(&o, &err, &stage);
+  struct proc *p;
+  if (remote) {
+    lua_getfield(L, 1, "pid");
+    p = proc_start_remote(&o, (pid_t)lua_tointeger(L, -1));
+    lua_getfield(L, 1, "rid"); /* remote from the start: stdin waits for remote_attach */
+    if (p) p->rid = (uint32_t)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    err = -ENOMEM;
+    stage = "malloc";
+  } else {
+    p = proc_start(&o, &err, &stage);
+  }
   if (!p) {
     if (o.logfd >= 0 && !log_shared) close(o.logfd);
     if (o.logfd >= 0 && log_shared) outbuf_shared_log_unref();
@@ -196,6 +213,7 @@ static int l_spawn(lua_State *L) {
   }
   *ud = p;
   p->log_shared = log_shared;
+
   if (in_data) {
     proc_stdin_queue(p, in_data, in_len);
     p->in_close_after = true;
@@ -213,6 +231,20 @@ static int l_spawn(lua_State *L) {
   if (owner && sched_task_done(owner)) owner = sched_owner(sched_current(L));
   if (owner && sched_task_done(owner)) owner = NULL;
   proc_owner_link(p, owner);
+  if (remote) { /* last: what the host already sent (even its exit) is replayed now */
+    lua_getfield(L, 1, "wrapper"); /* the exit hook may see it before proc.lua returns */
+    if (lua_istable(L, -1)) {
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "_c");
+      lua_pushinteger(L, p->pid);
+      lua_setfield(L, -2, "pid");
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "link");
+    lua_getfield(L, 1, "rid");
+    remote_attach(L, -2, p, (uint32_t)lua_tointeger(L, -1));
+    lua_pop(L, 2);
+  }
   if (owner)
     sched_push_task(L, owner);
   else
@@ -486,12 +518,14 @@ static void ownstop_done(struct proc *p) {
   sched_wake(&os->w, 0);
 }
 
-/* _atom.proc_stop_owned(): stop every process the current task owns, all
+/* _atom.proc_stop_owned([filter]): stop every process the current task owns, all
  * at once, each with its own grace; returns when all are over. Called by
  * the task trampoline (lua/atom/task.lua owner_end) for tests and roots. */
 static int l_stop_owned(lua_State *L) {
   struct task *t = sched_current(L);
   if (!t) return 0;
+  /* "remote": only processes on hosts, before the owner's hosts close. */
+  bool only_remote = lua_type(L, 1) == LUA_TSTRING && strcmp(lua_tostring(L, 1), "remote") == 0;
   int n = 0;
   for (struct owned *o = sched_owned(t); o; o = o->next) n += proc_of_owned(o) != NULL;
   if (n == 0) {
@@ -508,6 +542,7 @@ static int l_stop_owned(lua_State *L) {
     struct proc *p = proc_of_owned(o);
     if (!p) continue;
     int idx = k++;
+    if (only_remote && !p->rid) continue;
     proc_stop_begin(p, p->grace);
     if (p->stop_done || p->released) continue;
     p->os = os;

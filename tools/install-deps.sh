@@ -9,7 +9,8 @@ libwslay1 libwslay-dev python3-websockets libssl-dev openssl curl
 nftables libnftables1 libnftables-dev iproute2
 protobuf-compiler libprotobuf-dev python3-grpcio
 python3-protobuf
-clang libclang-rt-14-dev"
+clang libclang-rt-14-dev
+openssh-server openssh-client"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"

@@ -590,6 +590,50 @@ function atom.itf.decode(text) end
 ---@return atom.cluster
 function atom.cluster(opts) end
 
+-- Hosts: nodes on other machines (docs/hosts.md)
+
+---@class atom.host_opts
+---@field via string[] the transport's argv, ending where a shell command line goes: {"ssh", "-T", "user@node1"}, {"sh", "-c"}
+---@field name string?
+---@field address string? `h.address` (default: the ssh target's host part, else "127.0.0.1")
+---@field atomlua string? the binary's path on the host (default ~/.cache/atomlua/<version>/atomlua)
+---@field upload boolean? copy this atomlua there when missing or different (default true)
+---@field timeout number? seconds for the connection and for each request (default 30)
+
+---@class atom.remote_host
+---@field name string
+---@field address string
+---@field dir string a fresh directory on the host, removed when it closes unless --keep
+---@field via string[]
+---@field uploaded boolean
+local RemoteHost = {}
+---@param spec atom.spawn_spec
+---@return atom.process
+function RemoteHost:spawn(spec) end
+---@param spec atom.spawn_spec
+---@return {code: integer|nil, signal: string|nil, stdout: string, stderr: string, duration: number}
+function RemoteHost:exec(spec) end
+---@param cmdline string
+---@param opts number|table?
+---@return string stdout, table|nil result
+function RemoteHost:sh(cmdline, opts) end
+---@return integer
+function RemoteHost:free_port() end
+---@param local_path string
+---@param remote_path string
+---@return string
+function RemoteHost:put(local_path, remote_path) end
+---@param remote_path string
+---@param local_path string
+---@return string
+function RemoteHost:get(remote_path, local_path) end
+function RemoteHost:close() end
+
+---Run nodes on another machine through an atomlua agent (docs/hosts.md).
+---@param opts atom.host_opts
+---@return atom.remote_host
+function atom.host(opts) end
+
 -- Histories and work off the loop (docs/histories.md)
 
 ---@class atom.hist

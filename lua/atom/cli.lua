@@ -408,7 +408,7 @@ local function run_command(o, argv, command)
     local file_dir = dirs[i]
     local res = _cli.run_file(u.entry, {
       file = u.file, args = o.script_args, seed = seed, run_dir = run_dir, file_dir = file_dir,
-      filter = o.filter, grace = o.grace or 10, fail_fast = o["fail-fast"], verbose = o.verbose,
+      filter = o.filter, grace = o.grace or 10, fail_fast = o["fail-fast"], verbose = o.verbose, keep = o.keep,
       trace_paths = prepared and prepared.paths, trace_from = prepared and prepared.from,
       live = live,
     })

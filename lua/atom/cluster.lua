@@ -101,9 +101,15 @@ end
 -- c:restart(i) runs in another test: c:start() records that owner and every
 -- (re)start spawns for it.
 
+-- On the node's host (atom.host, SPEC §14) when the cluster has hosts.
+local function spawn(node, spec)
+  if node._h then return node._h:spawn(spec) end
+  return atom.spawn(spec)
+end
+
 local function spawn_for_owner(c, node, spec)
   spec.owner = c._owner -- nil: never started, the current owner gets it
-  node.proc = atom.spawn(spec)
+  node.proc = spawn(node, spec)
 end
 
 local function start_owner(c) c._owner = atom.owner() end
@@ -162,7 +168,7 @@ end
 local function start_node(c, node, timeout, for_owner)
   local spec = node_spec(c, node)
   node._state = "starting"
-  if for_owner then spawn_for_owner(c, node, spec) else node.proc = atom.spawn(spec) end
+  if for_owner then spawn_for_owner(c, node, spec) else node.proc = spawn(node, spec) end
   wait_ready(c, node, timeout)
 end
 
@@ -439,7 +445,7 @@ end
 
 local fields = {
   size = "number", name = "string", ports = "table", cmd = "function", ready = "string|function",
-  ready_timeout = "number", env = "table", cwd = "string",
+  ready_timeout = "number", env = "table", cwd = "string", hosts = "table",
 }
 
 local used_dirs = {} -- node directories handed out in this Lua state
@@ -469,6 +475,12 @@ local function check_opts(o)
     if type(pn) ~= "string" or seen[pn] then bad(format("ports[%d] must be a new port name", i)) end
     seen[pn] = true
   end
+  for i, h in ipairs(o.hosts or {}) do
+    if type(h) ~= "table" or type(h.spawn) ~= "function" or type(h.free_port) ~= "function" then
+      bad(format("hosts[%d] must be a host (from atom.host)", i))
+    end
+  end
+  if o.hosts and #o.hosts == 0 then bad("field 'hosts' must not be empty") end
   for k, v in pairs(o.env or {}) do
     if type(k) ~= "string" or not (type(v) == "string" or type(v) == "number" or v == false) then
       bad(format("env.%s must be a string, a number or false", tostring(k)))
@@ -507,6 +519,7 @@ end
 ---@field ready_timeout number? seconds (default 30)
 ---@field env table? merged under each spec's env
 ---@field cwd string? instead of node.dir
+---@field hosts table[]? node i runs on hosts[(i - 1) % #hosts + 1] (atom.host)
 
 --- Make a cluster (nothing starts yet): ports and directories are assigned
 --- now, so `cmd` can read every node's ports.
@@ -521,11 +534,19 @@ function M.cluster(opts)
   for id = 1, opts.size do
     local name = c.name .. id
     local ports = {}
-    for _, pn in ipairs(opts.ports or {}) do ports[pn] = free_port() end
-    local node = { id = id, name = name, ports = ports, dir = node_dir(name), _state = "new" }
-    -- In an isolated run each node is a host of its own (SPEC §11).
-    if atom.isolated then node.net = atom.net.host(name) end
-    node.host = node.net and node.net.address or "127.0.0.1"
+    local h = opts.hosts and opts.hosts[(id - 1) % #opts.hosts + 1]
+    for _, pn in ipairs(opts.ports or {}) do ports[pn] = h and h:free_port() or free_port() end
+    local node = { id = id, name = name, ports = ports, _state = "new", _h = h }
+    if h then -- its directory, ports and address are its host's (SPEC §14)
+      node.dir = h.dir .. "/" .. name
+      h:exec { "mkdir", "-p", node.dir }
+      node.host = h.address
+    else
+      node.dir = node_dir(name)
+      -- In an isolated run each node is a host of its own (SPEC §11).
+      if atom.isolated then node.net = atom.net.host(name) end
+      node.host = node.net and node.net.address or "127.0.0.1"
+    end
     c.nodes[id] = node
   end
   return c

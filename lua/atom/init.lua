@@ -122,6 +122,7 @@ local lazy = {
   tcp = { "atom.tcp" }, wait_port = { "atom.tcp", "wait_port" }, free_port = { "atom.tcp", "free_port" },
   itf = { "atom.itf", nil, function(m) return { load = m.load, decode = m.decode } end },
   cluster = { "atom.cluster", "cluster" },
+  host = { "atom.host", "host" },
   net = { "atom.net", nil, function(m) return { host = m.host, drop = m.drop, heal = m.heal } end },
   proxy = { "atom.net", "proxy" },
   history = { "atom.history" },

@@ -184,7 +184,12 @@ mt.__newindex = function(self, k, v)
     rawset(self, k, v)
   end
 end
-mt.__tostring = function(self) return format("process %s (pid %d)", self.name, self.pid) end
+local function who(p)
+  local h = rawget(p, "_host")
+  if h then return format("process %s (pid %d on host %s)", p.name, p.pid, h.name) end
+  return format("process %s (pid %d)", p.name, p.pid)
+end
+mt.__tostring = who
 -- <close> is p:stop(), waiting even while the task is being cancelled (it
 -- is a cleanup, SPEC §3 rule 4) until the cleanup grace has passed.
 mt.__close = function(self) self._c:stop(nil, true) end
@@ -389,13 +394,20 @@ Process.running = Process.is_running
 -- Processes by owner task (tests only), for failure reports.
 local by_owner = setmetatable({}, { __mode = "k" })
 
-local function start(argv, o, name, log, again, header_always)
+-- `host` (lua/atom/host.lua) starts it through the host's agent instead:
+-- the same C handle, fed by the link (src/remote.c), behind the same object.
+local function start(argv, o, name, log, again, header_always, host)
   o.name = name
   o.log = log
   local p = { pid = 0, name = name, log = log, _cursor = 1, _output = o.output, _stdin = o.stdin,
-              _argv = argv, _log = log }
+              _argv = argv, _log = log, _host = host }
   o.wrapper = setmetatable(p, mt)
-  local ok, c, owner = pcall(_atom.proc_spawn, o)
+  local ok, c, owner
+  if host then
+    ok, c, owner = pcall(host._start, host, o)
+  else
+    ok, c, owner = pcall(_atom.proc_spawn, o)
+  end
   if not ok then error(c, 0) end
   p._c = c
   rawset(p, "pid", c:pid())
@@ -411,7 +423,7 @@ local function start(argv, o, name, log, again, header_always)
     list[#list + 1] = p
   end
   if o.netns then require("atom.net").track(o.net, p) end
-  events.emit("process_spawn", { name = name, pid = p.pid, argv = argv })
+  events.emit("process_spawn", { name = name, pid = p.pid, argv = argv, host = host and host.name })
   return p, c
 end
 
@@ -420,15 +432,15 @@ end
 --- caller's: atom.cluster's restarts belong to the owner at c:start().
 ---@param spec table argv in the array part, plus name, cwd, env, env_clear, stdin, output, critical, grace, owner
 ---@return table process
-function M.spawn(spec)
+function M.spawn(spec, host)
   local argv, o = parse_spec(spec, spawn_fields, "spawn", 1)
   local name = spec.name or default_name(argv[1])
   local log, again
   if o.output == "capture" then log, again = log_path(name) end
-  return (start(argv, o, name, log, again, false))
+  return (start(argv, o, name, log, again, false, host))
 end
 
-local function exec(spec, fname, n)
+local function exec(spec, fname, n, host)
   local argv, o = parse_spec(spec, exec_fields, fname, n)
   checkpoint(fname)
   local t0 = now()
@@ -437,7 +449,7 @@ local function exec(spec, fname, n)
   o.tail = EXEC_KEEP
   o.lines = false
   o.log_shared = true
-  local p, c = start(argv, o, name, dir and dir .. "/exec.log", false, true)
+  local p, c = start(argv, o, name, dir and dir .. "/exec.log", false, true, host)
   local desc = spec.timeout and format("%s %s", fname, quote_argv(argv))
   local code, sig = c:wait(spec.timeout, desc, true, true, fname)
   local stdout, stderr = c:output()
@@ -460,13 +472,13 @@ end
 --- Run a command to completion without blocking other tasks.
 ---@param spec table spawn's fields except critical and output, plus timeout and check
 ---@return {code: integer|nil, signal: string|nil, stdout: string, stderr: string, duration: number}
-function M.exec(spec) return exec(spec, "exec", 1) end
+function M.exec(spec, host) return exec(spec, "exec", 1, host) end
 
 --- Run `/bin/sh -c cmdline`; return its stdout without the trailing newline.
 ---@param cmdline string
 ---@param opts number|table|nil timeout, or exec's fields
 ---@return string stdout, table|nil result (with check = false)
-function M.sh(cmdline, opts)
+function M.sh(cmdline, opts, host)
   errors.checktype(1, "sh", cmdline, "string")
   local spec = {}
   if type(opts) == "number" then
@@ -478,7 +490,7 @@ function M.sh(cmdline, opts)
   end
   if spec.name == nil then spec.name = "sh" end
   spec[1], spec[2], spec[3] = "/bin/sh", "-c", cmdline
-  local res = exec(spec, "sh", 2)
+  local res = exec(spec, "sh", 2, host)
   local out = res.stdout:gsub("\n$", "")
   if spec.check == false then return out, res end
   return out
@@ -497,6 +509,17 @@ end
 
 -- }====
 
+--- A host's transport (lua/atom/host.lua): argv with the agent's bootstrap;
+--- its stdout (frames) and stderr go to the link's pipes; stdin is a pipe.
+---@return table process, userdata c
+function M.start_transport(argv, name, out_fd, err_fd, host)
+  local o = { argv = argv, output = "fd", stdout_fd = out_fd, stderr_fd = err_fd, stdin = "pipe",
+    grace = 2 }
+  local p, c = start(argv, o, name, nil, false, false)
+  p._transport_of = host
+  return p, c
+end
+
 -- {==== hooks: exits and the owner's end ====
 
 -- Called by src/proc.c at every exit; returns the owner's error when a
@@ -506,9 +529,18 @@ _atom.proc_on_exit(function(p, code, sig, expected, fail)
     signal = sig == nil and null or sig, expected = expected })
   if not fail then return nil end
   p._unexpected = true
-  return errors.new("process", format("process %s (pid %d) exited unexpectedly: %s\n%s", p.name, p.pid,
+  local h = p._transport_of or p._host
+  if h and h:_lost() then -- the transport to a host ended: name the host
+    local msg = p._transport_of
+      and format("host %s: the transport to its agent ended unexpectedly (%s: %s)%s", h.name,
+        quote_argv(h.via), status_text(code, sig), h:_stderr_block())
+      or format("%s was lost with host %s: the transport to its agent ended%s\n%s", who(p), h.name,
+        h:_stderr_block(), tail_block(p))
+    return errors.new("process", msg, { process = p.name, pid = p.pid, host = h.name, where = false })
+  end
+  return errors.new("process", format("%s exited unexpectedly: %s\n%s", who(p),
     status_text(code, sig), tail_block(p)), { process = p.name, pid = p.pid, code = code, signal = sig,
-    where = false })
+    host = h and h.name, where = false })
 end)
 
 --- Stop the processes the current task owns (trampoline step 4).

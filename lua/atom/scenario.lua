@@ -67,12 +67,13 @@ function M.before_stop()
   evidence.note_waiting(nil)
 end
 
----@param cfg table {file=, args=, seed=, run_dir=, file_dir=, filter=, grace=, fail_fast=, verbose=, live=}
+---@param cfg table {file=, args=, seed=, run_dir=, file_dir=, filter=, grace=, fail_fast=, verbose=, live=, keep=}
 function M.main(cfg)
   local atom = require "atom"
   _G.atom = atom
   state.file, state.run_dir, state.file_dir = cfg.file, absolute(cfg.run_dir), absolute(cfg.file_dir)
   state.verbose, state.grace, state.suite = cfg.verbose or 0, cfg.grace or 10, cfg.suite
+  state.keep = cfg.keep -- --keep: hosts keep their h.dir too
   _atom.set_default_grace(state.grace)
   events.clock = _atom.now
   runner.stop_reason = _cli.stop_reason
