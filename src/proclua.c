@@ -154,8 +154,9 @@ static int l_spawn(lua_State *L) {
   o.critical = lua_toboolean(L, -1);
   lua_getfield(L, 1, "lines");
   o.keep_lines = lua_isnil(L, -1) || lua_toboolean(L, -1);
-  lua_getfield(L, 1, "grace");
-  o.grace = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 5;
+  lua_getfield(L, 1, "grace"); /* policy (the default too) is lua/atom/proc.lua's */
+  if (!lua_isnumber(L, -1)) return util_error(L, "usage", "internal: proc_spawn without a grace");
+  o.grace = lua_tonumber(L, -1);
   lua_getfield(L, 1, "tail");
   o.tail_max = lua_isinteger(L, -1) ? (size_t)lua_tointeger(L, -1) : 1024 * 1024;
   lua_getfield(L, 1, "netns"); /* a host's namespace fd (lua/atom/net.lua) */

@@ -130,6 +130,10 @@ function Process:running() end
 function Process:tail(n) end
 ---@return "running"|"exited" state, integer|nil code, string|nil signal
 function Process:status() end
+---The last n lines as process errors quote them (header, "  | " lines, log path).
+---@param n integer? (20)
+---@return string
+function Process:tail_text(n) end
 
 ---A TCP stream (`atom.tcp.connect`).
 ---@class atom.stream

@@ -57,14 +57,7 @@ local function node_arg(self, i, n, fname)
 end
 
 -- "last 20 lines of etcd2: | ..." and the log's path, as process errors quote them.
-local function tail_block(p)
-  local lines = p:tail(TAIL_LINES)
-  local out = { #lines == 0 and ("(no output from " .. p.name .. ")")
-    or format("last %d lines of %s:", #lines, p.name) }
-  for _, l in ipairs(lines) do out[#out + 1] = "  | " .. l end
-  if p.log then out[#out + 1] = "full log: " .. p.log end
-  return concat(out, "\n")
-end
+local function tail_block(p) return p:tail_text(TAIL_LINES) end
 
 local function status_text(code, sig)
   if code then return "code " .. code end

@@ -16,6 +16,7 @@ local null = package.preload["atom.json"] and require("atom.json").null or nil
 local EXPECT_TIMEOUT = 30
 local TAIL_LINES = 20
 local EXEC_KEEP = 16 * 1024 * 1024
+local DEFAULT_GRACE = 5 -- seconds between SIGTERM and SIGKILL in p:stop() (SPEC §4)
 
 local Process = {}
 local mt = { __name = "atom.process" }
@@ -130,7 +131,7 @@ local function parse_spec(spec, fields, fname, n)
     stdin = spec.stdin == "pipe" and "pipe" or nil,
     stdin_data = spec.stdin ~= "pipe" and spec.stdin or nil,
     output = spec.output or "capture", critical = spec.critical,
-    grace = spec.grace or 5, owner = spec.owner,
+    grace = spec.grace or DEFAULT_GRACE, owner = spec.owner,
     -- a host's processes join its network namespace (atom.net.host, SPEC §11)
     net = spec.net,
     netns = spec.net ~= nil and require("atom.net").netns_fd(spec.net, n, fname) or nil,
@@ -149,8 +150,8 @@ end
 
 -- "last 20 lines of n1:\n  | ..." and the log's path: the tail every
 -- process error quotes.
-local function tail_block(p)
-  local lines = p._c:tail(TAIL_LINES)
+local function tail_block(p, n)
+  local lines = p._c:tail(n or TAIL_LINES)
   local out = {}
   if #lines == 0 then
     out[1] = "(no output from " .. p.name .. ")"
@@ -380,6 +381,16 @@ function Process:status()
   return "exited", code, sig
 end
 
+--- The last n lines as process errors quote them: a header, "  | " lines
+--- and the log's path (what a library's own errors can quote too).
+---@param n integer|nil (20)
+---@return string
+function Process:tail_text(n)
+  check_self(self, "tail_text")
+  errors.checktype(1, "tail_text", n, "number", true)
+  return tail_block(self, n and math.max(0, math.floor(n)) or nil)
+end
+
 ---@return boolean
 function Process:is_running()
   check_self(self, "is_running")
@@ -503,7 +514,7 @@ end
 function M.start_shell(cmd, stdout_fd, stdin_pipe)
   local argv = { "sh", "-c", cmd } -- what system(3) and popen(3) run
   local o = { argv = argv, exe = "/bin/sh", output = stdout_fd and "fd" or "inherit", stdout_fd = stdout_fd,
-    stdin = stdin_pipe and "pipe" or nil, grace = 5 }
+    stdin = stdin_pipe and "pipe" or nil, grace = DEFAULT_GRACE }
   return start(argv, o, "sh", nil, false, false)
 end
 
