@@ -53,7 +53,7 @@ local function present()
   end
   -- force the lazily loaded fields
   for _, k in ipairs { "assert_eq", "repr", "json", "base64", "hex", "spawn", "exec", "sh", "http", "rpc",
-    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws", "net", "proxy", "history", "grpc", "host" } do
+    "rpc_batch", "tcp", "wait_port", "free_port", "itf", "cluster", "ws", "net", "proxy", "history", "grpc", "host", "test", "skip", "run" } do
     local _ = atom[k]
   end
   walk("atom", atom, 1)

@@ -4,7 +4,6 @@
 local _atom = require "_atom"
 local sched = require "atom.sched"
 local sync = require "atom.sync"
-local runner = require "atom.runner"
 local errors = require "atom.errors"
 local state = require "atom.state"
 
@@ -87,7 +86,6 @@ local atom = {
   timeout = sched.timeout, shield = sched.shield, go = sched.go,
   defer = sched.defer, wait_until = sched.wait_until,
   channel = sync.channel, event = sync.event, semaphore = sync.semaphore,
-  test = runner.test, skip = runner.skip, run = runner.run,
   args = {},
   error = new_error, is_error = errors.is, where = where, checkpoint = function(what)
     errors.checktype(1, "checkpoint", what, "string", true)
@@ -107,6 +105,8 @@ local atom = {
 -- Topic modules load on first use, so a scenario pays only for what it
 -- touches (start-up time is a benchmark): name -> {module, field}.
 local lazy = {
+  -- tests (the runner, one layer up, loaded when a scenario or atom.run needs it)
+  test = { "atom.runner", "test" }, skip = { "atom.runner", "skip" }, run = { "atom.runner", "run" },
   assert_eq = { "atom.assert", "assert_eq" }, repr = { "atom.assert", "render" },
   json = { "atom.json" }, base64 = { "atom.json", "base64" }, hex = { "atom.json", "hex" },
   spawn = { "atom.proc", "spawn" }, exec = { "atom.proc", "exec" }, sh = { "atom.proc", "sh" },
