@@ -132,9 +132,14 @@ setmetatable(atom, { __index = function(t, k)
   local l = lazy[k]
   if not l or not package.preload[l[1]] then return nil end
   local m = require(l[1])
-  local v = l[3] and l[3](m) or (l[2] and m[l[2]] or m)
-  rawset(t, k, v)
-  return v
+  -- Fields of one module are bound together: atom.test and atom.run must
+  -- share the runner's counts even if its module is loaded again later.
+  for k2, l2 in pairs(lazy) do
+    if l2[1] == l[1] and rawget(t, k2) == nil then
+      rawset(t, k2, l2[3] and l2[3](m) or (l2[2] and m[l2[2]] or m))
+    end
+  end
+  return rawget(t, k)
 end })
 
 -- Lua's os.execute and io.popen wait as tasks do inside tasks (SPEC §15).
