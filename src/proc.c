@@ -612,6 +612,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
                   : o->output == OUT_FD && o->err_fd > 0 ? o->err_fd
                                                          : -1,
         .cgroup_fd = cgprocs,
+        .cgroup_dir = p ? p->cgfd : -1,
     };
     r = spawn_start(&req, &p->pid, &p->pidfd, stage);
   }

@@ -22,6 +22,7 @@ struct spawn_req {
   int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; -1 keeps the parent's */
   int netns;                 /* > 0: a network namespace fd the child joins (a host) */
   int cgroup_fd;             /* a cgroup.procs (fd > 2) the child joins before exec; 0: none */
+  int cgroup_dir;            /* that cgroup's directory (> 2): the child is born in it (clone3) */
 };
 
 /* Resolve prog as execvp would, in the parent: a name with '/' is made

@@ -344,6 +344,31 @@ describe("no orphans, at the edges", function()
     assert(secs and secs < 10, out)
   end)
 
+  it("each process starts in a cgroup of its own, the first one too (ATOMLUA_CGROUP=0: none)", function()
+    if not cgroup_ok() then
+      pending("needs a writable cgroup v2 (root or a delegated subtree)")
+      return
+    end
+    -- The child reads its cgroup itself: it was in it before its first
+    -- instruction (born there through clone3, or moved before exec).
+    local out, code = run(FIX .. "cgroup_of.lua")
+    assert.equal(0, code, out)
+    local base = assert(out:match("atomlua (%S*)"), out)
+    local seen = {}
+    for i = 1, 3 do
+      local cg = assert(out:match("child " .. i .. " (%S+)"), out)
+      local run_cg, leaf = cg:match("^(.*/atomlua%-%d+[%-%d]*)/(p%d+)$")
+      assert.truthy(run_cg, cg)
+      assert.equal((base == "/" and "" or base), run_cg:gsub("/atomlua%-%d+[%-%d]*$", ""))
+      assert.is_nil(seen[leaf], out)
+      seen[leaf] = true
+    end
+    local out0 = sh(("ATOMLUA_CGROUP=0 %s run --workdir %s %s 2>&1"):format(BIN, dir .. "/w0",
+      FIX .. "cgroup_of.lua"))
+    local base0 = assert(out0:match("atomlua (%S*)"), out0)
+    for i = 1, 3 do assert.equal(base0, out0:match("child " .. i .. " (%S+)"), out0) end
+  end)
+
   it("a daemon (double fork, setsid) ends with the test that started it (cgroup)", function()
     if not cgroup_ok() then
       pending("needs a writable cgroup v2 (root or a delegated subtree)")
