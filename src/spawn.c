@@ -119,6 +119,14 @@ __attribute__((no_sanitize("address", "undefined"))) static int child_main(void 
   if (!c->in_cgroup && r->cgroup_fd > 2 && write(r->cgroup_fd, "0", 1) < 0) {
     /* refused: it runs outside the cgroup */
   }
+  if (!c->in_cgroup && r->cgroup_fd <= 2 && r->cgroup_dir > 2) {
+    /* clone3 refused it: join through cgroup.procs after all */
+    int fd = openat(r->cgroup_dir, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd >= 0 && write(fd, "0", 1) < 0) {
+      /* refused: it runs outside the cgroup */
+    }
+    if (fd >= 0) close(fd);
+  }
   int fds[3] = {r->fd_in, r->fd_out, r->fd_err};
   /* A source that already sits on a low fd it is not meant for would be
    * overwritten by an earlier dup2: move it out of the way first. */
@@ -212,12 +220,14 @@ static pid_t start_in_cgroup(struct child *c, int *pidfd) {
   *pidfd = -1;
   return -1;
 }
+bool spawn_into_cgroup(void) { return !clone3_broken; }
 #else
 static pid_t start_in_cgroup(struct child *c, int *pidfd) {
   (void)c;
   (void)pidfd;
   return -1;
 }
+bool spawn_into_cgroup(void) { return false; }
 #endif
 
 int spawn_start(const struct spawn_req *r, pid_t *pid_out, int *pidfd_out, const char **stage) {
