@@ -49,6 +49,12 @@ static int l_spawn(lua_State *L) {
     g->running++;
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, UV_GROUP);
+    /* A slot for the g->spawned-th member to finish, made now: a task's end
+     * (sched.c) only fills it and allocates nothing, out of memory too. */
+    lua_getiuservalue(L, 1, 1);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, g->spawned);
+    lua_pop(L, 1);
   }
   if (deadline >= 0) {
     t->deadline_secs = deadline;
