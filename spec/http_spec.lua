@@ -111,6 +111,22 @@ describe("atom.http requests", function()
     end)
   end)
 
+  it("never asks for 100 Continue, below or above curl's threshold", function()
+    run(function()
+      -- Below 1 KiB atomlua leaves the "Expect:" header out (curl adds none);
+      -- above, it suppresses curl's (which would wait up to 1 s for it).
+      for _, n in ipairs { 10, 1023, 1024, 2 * 1024 * 1024 + 1 } do
+        local body = ("x"):rep(n)
+        for _, r in ipairs { atom.http.post(py.url .. "/echo", body),
+                             atom.http.post(py.url .. "/echo", { s = body }) } do
+          assert.equal(200, r.status)
+          assert.equal("", r.headers["x-expect"], n)
+          assert.truthy(tonumber(r.headers["x-length"]) >= n, n)
+        end
+      end
+    end)
+  end)
+
   it("keeps a content type the caller gave with json", function()
     run(function()
       local r = atom.http.request{ method = "PUT", url = py.url .. "/echo", json = { 1, 2 },

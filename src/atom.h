@@ -37,17 +37,17 @@ void runtime_init_loop(void); /* the loop exists (the CLI makes it before any Lu
 
 /* {==== timers (timer.c): one uv_timer_t over a binary heap of deadlines ==== */
 
+struct tbucket;
 struct timer {
-  uint64_t due; /* uv_hrtime() nanoseconds */
-  uint64_t seq; /* ties break in start order */
-  int slot;     /* index in the heap, -1 when stopped */
+  struct timer *next, *prev; /* in its bucket (timer.c), in start order */
+  struct tbucket *bucket;    /* NULL when stopped */
   void (*cb)(struct timer *);
 };
 
 void timer_init(struct timer *t); /* stopped state; call before first use */
 void timer_start(struct timer *t, double secs, void (*cb)(struct timer *));
 void timer_stop(struct timer *t); /* idempotent */
-static inline bool timer_active(const struct timer *t) { return t->slot >= 0; }
+static inline bool timer_active(const struct timer *t) { return t->bucket != NULL; }
 uint64_t timer_next_due(void); /* earliest due time (uv_hrtime ns), UINT64_MAX when empty */
 int timer_count(void);
 void timer_add_stopped(uint64_t ns); /* atomlua was stopped ns: deadlines move (signal-safe) */

@@ -104,19 +104,38 @@ int cgroup_run_fd(void) { return runfd; }
 int cgroup_base_fd(void) { return basefd; }
 const char *cgroup_run_name(void) { return runname; }
 
-int cgroup_new(unsigned id, int *procs_fd) {
+/* Empty cgroups kept for the next processes: a mkdir and an rmdir of a
+ * cgroup cost the kernel more than the rest of a spawn. */
+#define POOL_MAX 64
+static struct {
+  unsigned id;
+  int dfd;
+} pool[POOL_MAX];
+static int npool;
+static unsigned next_id;
+
+int cgroup_new(unsigned *id, int *procs_fd, bool want_procs) {
   *procs_fd = -1;
   if (!cgroup_available()) return -1;
-  char name[32];
-  snprintf(name, sizeof name, "p%u", id);
-  if (mkdirat(runfd, name, 0755) < 0 && errno != EEXIST) return -1;
-  int dfd = openat(runfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return -1;
-  *procs_fd = openat(dfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
-  if (*procs_fd < 0) {
-    close(dfd);
-    unlinkat(runfd, name, AT_REMOVEDIR);
-    return -1;
+  int dfd;
+  if (npool > 0) {
+    npool--;
+    *id = pool[npool].id;
+    dfd = pool[npool].dfd;
+  } else {
+    char name[32];
+    *id = ++next_id;
+    snprintf(name, sizeof name, "p%u", *id);
+    if (mkdirat(runfd, name, 0755) < 0 && errno != EEXIST) return -1;
+    dfd = openat(runfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return -1;
+  }
+  if (want_procs) {
+    *procs_fd = openat(dfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (*procs_fd < 0) {
+      cgroup_remove(*id, dfd, true);
+      return -1;
+    }
   }
   return dfd;
 }
@@ -172,7 +191,15 @@ void cgroup_signal(int dfd, int sig) {
   close(fd);
 }
 
-void cgroup_remove(unsigned id, int dfd) {
+void cgroup_remove(unsigned id, int dfd, bool reuse) {
+  /* Empty: nothing can enter it any more (that takes a member that forks),
+   * so the next process may have it. */
+  if (reuse && dfd >= 0 && npool < POOL_MAX && !cgroup_populated(dfd)) {
+    pool[npool].id = id;
+    pool[npool].dfd = dfd;
+    npool++;
+    return;
+  }
   char name[32];
   snprintf(name, sizeof name, "p%u", id);
   if (dfd >= 0) close(dfd);

@@ -32,7 +32,6 @@ static int devnull = -1;
 
 static char readbuf[64 * 1024]; /* one loop thread: every read goes through it */
 static bool subreaper;          /* the CLI: orphaned descendants come to us */
-static unsigned next_cgid;
 
 static void on_exit_cb(struct proc *p);
 
@@ -108,7 +107,7 @@ void proc_signal(struct proc *p, int sig) {
   reaper_signal_group(p->pid, p->pidfd, sig);
   if (p->cgfd >= 0) {
     cgroup_signal(p->cgfd, sig);
-    if (sig == SIGKILL) p->swept = true;
+    if (sig == SIGKILL) p->swept = p->cg_killed = true;
   }
 }
 
@@ -543,7 +542,7 @@ void proc_maybe_release(struct proc *p) {
     reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
-  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd);
+  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, !p->cg_killed);
   p->cgfd = -1;
   if (p->swept && subreaper) proc_reap_orphans(false); /* their zombies are ours */
   proc_owner_unlink(p);
@@ -587,8 +586,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   if (p) {
     reaper_start(); /* before the run cgroup exists: the reaper removes it */
     p->pidfd = p->cgfd = -1;
-    p->cgid = ++next_cgid;
-    p->cgfd = cgroup_new(p->cgid, &cgprocs);
+    p->cgfd = cgroup_new(&p->cgid, &cgprocs, !spawn_into_cgroup());
   }
 #ifndef ATOM_MODULE
   /* Not in module mode: the host's own orphans would come to it. */
@@ -612,6 +610,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
                   : o->output == OUT_FD && o->err_fd > 0 ? o->err_fd
                                                          : -1,
         .cgroup_fd = cgprocs,
+        .cgroup_dir = p ? p->cgfd : -1,
     };
     r = spawn_start(&req, &p->pid, &p->pidfd, stage);
   }
@@ -624,7 +623,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     if (in[1] >= 0) close(in[1]);
     if (out[0] >= 0) close(out[0]);
     if (errp[0] >= 0) close(errp[0]);
-    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd);
+    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, true);
     free(p);
     *err = r;
     return NULL;

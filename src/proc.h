@@ -22,6 +22,7 @@ struct spawn_req {
   int fd_in, fd_out, fd_err; /* become the child's 0, 1, 2; -1 keeps the parent's */
   int netns;                 /* > 0: a network namespace fd the child joins (a host) */
   int cgroup_fd;             /* a cgroup.procs (fd > 2) the child joins before exec; 0: none */
+  int cgroup_dir;            /* that cgroup's directory (> 2): the child is born in it (clone3) */
 };
 
 /* Resolve prog as execvp would, in the parent: a name with '/' is made
@@ -34,6 +35,9 @@ int spawn_lookup(const char *prog, const char *path_env, char *out, size_t outsz
  * none), or -errno with *stage naming the failed step ("exec", "chdir"...);
  * a failed child is already reaped. */
 int spawn_start(const struct spawn_req *req, pid_t *pid, int *pidfd, const char **stage);
+/* True while a child can be born in its cgroup (spawn_req.cgroup_dir) and
+ * needs no cgroup.procs. */
+bool spawn_into_cgroup(void);
 
 /* }==== */
 
@@ -67,12 +71,19 @@ pid_t reaper_pid(void); /* 0 before the first add */
 /* A cgroup v2 of its own for each process, under one run cgroup, where a
  * writable cgroup v2 exists (else every call degrades: -1, false). */
 bool cgroup_available(void); /* sets up the run cgroup at the first call */
-/* Make cgroup p<id>: returns its directory fd, and its cgroup.procs opened
- * for the child to join (spawn_req.cgroup_fd; the caller closes it). */
-int cgroup_new(unsigned id, int *procs_fd);
+/* An empty cgroup p<id> (a new one, or one a finished process left empty):
+ * returns its directory fd and sets *id; with want_procs, its cgroup.procs
+ * opened for the child to join (spawn_req.cgroup_fd; the caller closes it),
+ * else *procs_fd = -1. */
+int cgroup_new(unsigned *id, int *procs_fd, bool want_procs);
 bool cgroup_populated(int dfd);
-void cgroup_signal(int dfd, int sig);     /* SIGKILL: cgroup.kill; else each member */
-void cgroup_remove(unsigned id, int dfd); /* closes dfd, removes the (empty) cgroup */
+void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
+/* Done with p<id>: kept for another process when `reuse` and it is empty
+ * (up to a bound), else dfd closed and the cgroup removed (the reaper
+ * removes what is still populated). A cgroup that was killed must not be
+ * reused: Linux kills a child that clone3 puts into a cgroup whose
+ * cgroup.kill count differs from its parent's (6.x). */
+void cgroup_remove(unsigned id, int dfd, bool reuse);
 int cgroup_run_fd(void);
 int cgroup_base_fd(void);
 const char *cgroup_run_name(void);
@@ -201,6 +212,7 @@ struct proc {
   bool log_shared;   /* ob.logfd belongs to proclua.c's shared exec.log */
   bool exit_watched; /* pidfd in the epoll set until the exit is seen */
   bool swept;        /* its cgroup held more than its group: reparented orphans to reap */
+  bool cg_killed;    /* cgroup.kill was written: the cgroup is not used again */
   int handles;       /* uv handles not yet closed (only in_h) */
   struct rpipe out[2];
   int in_fd;

@@ -406,6 +406,20 @@ static int l_signame(lua_State *L) {
   return 1;
 }
 
+/* _atom.proc_cwd() -> the current directory (absolute), or nil, message.
+ * Start-up needs it to make the run's paths absolute: here rather than
+ * opening luv, which costs a seventh of an empty run. */
+static int l_cwd(lua_State *L) {
+  char buf[4096];
+  if (!getcwd(buf, sizeof buf)) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 /* }==== */
 
 /* {==== waiting methods ==== */
@@ -616,6 +630,7 @@ const luaL_Reg proc_lib[] = {{"proc_spawn", l_spawn},
                              {"proc_signum", l_signum},
                              {"proc_signame", l_signame},
                              {"proc_children", l_children},
+                             {"proc_cwd", l_cwd},
                              {NULL, NULL}};
 
 void proc_register(lua_State *L) {

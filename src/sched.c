@@ -711,6 +711,16 @@ static void settle(struct task *t, int nres, bool ok) {
   }
   if (parent && parent->awaiting_children && parent->wait && !parent->child_head)
     sched_wake(parent->wait, 0);
+  if (t->group) { /* finished, not yet popped: its group anchors it, in done order,
+                   * in a slot l_spawn made (no allocation here) */
+    lua_State *L = sched_state.L;
+    sched_push_ud(L, t);
+    lua_getiuservalue(L, -1, UV_GROUP);
+    lua_getiuservalue(L, -1, 1);
+    lua_pushvalue(L, -3);
+    lua_rawseti(L, -2, ++t->group->anchored_in);
+    lua_pop(L, 3);
+  }
   int ref = t->ref;
   util_unref(sched_state.L, &ref);
   t->ref = LUA_NOREF;

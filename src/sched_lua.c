@@ -49,9 +49,11 @@ static int l_spawn(lua_State *L) {
     g->running++;
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, UV_GROUP);
-    lua_getiuservalue(L, 1, 1); /* the group's anchor table */
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, t->group_index);
+    /* A slot for the g->spawned-th member to finish, made now: a task's end
+     * (sched.c) only fills it and allocates nothing, out of memory too. */
+    lua_getiuservalue(L, 1, 1);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, g->spawned);
     lua_pop(L, 1);
   }
   if (deadline >= 0) {
@@ -238,8 +240,12 @@ static int group_pop(lua_State *L, struct group *g) {
   } else {
     lua_pushnil(L);
   }
+  /* Finished members are anchored in done order (sched.c): this is the first. */
   lua_getiuservalue(L, 1, 1);
-  lua_rawgeti(L, -1, t->group_index);
+  lua_Integer k = ++g->anchored_out;
+  lua_rawgeti(L, -1, k);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, k);
   lua_remove(L, -2);
   return 4;
 }
@@ -280,12 +286,16 @@ static int l_group_cancel(lua_State *L) {
   const char *msg = luaL_optstring(L, 2, "cancelled: a sibling task failed");
   sched_push_reason(L, msg);
   int reason = lua_gettop(L);
-  lua_getiuservalue(L, 1, 1);
-  for (lua_Integer i = 1;; i++) {
-    if (lua_rawgeti(L, -1, i) == LUA_TNIL) break;
-    struct task *t = lua_touserdata(L, -1);
-    if (t->status < T_DONE) sched_cancel_tree(L, t, reason, false);
-    lua_pop(L, 1);
+  /* Running members, in spawn order: they are the children of the group's
+   * owner, the caller (or the root, as for l_spawn), newest first. */
+  struct group *g = lua_touserdata(L, 1);
+  struct task *me = sched_current(L);
+  if (!me) me = sched_state.root;
+  struct task *c = me ? me->child_head : NULL;
+  while (c && c->sib_next) c = c->sib_next;
+  for (struct task *prev; c; c = prev) {
+    prev = c->sib_prev;
+    if (c->group == g && c->status < T_DONE) sched_cancel_tree(L, c, reason, false);
   }
   return 0;
 }

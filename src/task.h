@@ -52,6 +52,7 @@ struct task {
 
 struct group {
   int running, spawned;
+  lua_Integer anchored_in, anchored_out; /* ends of the queue of finished members */
   struct task *done_head, *done_tail;
   struct wait *waiting; /* the owner's wait in group_next, or NULL */
 };

@@ -143,7 +143,38 @@ setmetatable(atom, { __index = function(t, k)
 end })
 
 -- Lua's os.execute and io.popen wait as tasks do inside tasks (SPEC §15).
-require("atom.blocking").install()
+-- atom.blocking is loaded at the first call of one of them (most runs make
+-- none; loading it is a tenth of an empty run's start-up): until then
+-- io.type and io.close are Lua's own, as no file of ours exists yet. The
+-- stubs tail-call, so argument errors name the caller's line as before.
+do
+  local reg = debug.getregistry()
+  local orig = reg["atom.blocking.orig"]
+  if not orig then
+    orig = { execute = os.execute, popen = io.popen, type = io.type, close = io.close }
+    reg["atom.blocking.orig"] = orig
+  end
+  local blocking
+  local function load()
+    if not blocking then
+      blocking = require("atom.blocking")
+      blocking.install()
+    end
+    return blocking
+  end
+  local otype, oclose = orig.type, orig.close
+  -- luacheck: ignore 122
+  os.execute = function(...) return load().execute(...) end
+  io.popen = function(...) return load().popen(...) end
+  io.type = function(...)
+    if blocking then return blocking.type(...) end
+    return otype(...)
+  end
+  io.close = function(...)
+    if blocking then return blocking.close(...) end
+    return oclose(...)
+  end
+end
 
 package.loaded.atom = atom
 return atom

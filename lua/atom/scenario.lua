@@ -19,7 +19,7 @@ end
 -- where a relative `node.dir .. "/data"` would point one level deeper.
 local function absolute(path)
   if path == nil or path:sub(1, 1) == "/" then return path end
-  local cwd = assert(require("luv").cwd())
+  local cwd = assert(_atom.proc_cwd())
   path = path:gsub("^%./", ""):gsub("/%.$", "")
   if path == "." or path == "" then return cwd end
   return cwd .. "/" .. path

@@ -1,4 +1,4 @@
-/* timer_test.c — the timer heap (src/timer.c) without Lua: order of firing
+/* timer_test.c — the timers (src/timer.c) without Lua: order of firing
  * (deadline, then start order), stop from anywhere in the heap, restart,
  * never early, callbacks that start and stop timers, 10,000 timers, and the
  * loop closing clean after timer_shutdown. tools/run-tests.sh builds it alone. */
@@ -51,7 +51,7 @@ static void test_order(void) {
   start(&p[4], 4, 0);
   start(&p[5], 5, 0.0001); /* rounded up to 1 ms */
   ASSERT_EQ(timer_count(), 6);
-  ASSERT(timer_next_due() == p[4].t.due);
+  ASSERT(timer_next_due() == p[4].t.bucket->due);
   uv_run(atom_loop, UV_RUN_DEFAULT);
   int want[] = {4, 5, 1, 3, 2, 0};
   ASSERT_EQ(norder, 6);
@@ -109,29 +109,67 @@ static void test_callbacks(void) {
   ASSERT_EQ(order[1], 2);
 }
 
-/* 10,000 timers with pseudo-random deadlines fire in non-decreasing order. */
-static uint64_t last_due;
+/* 10,000 timers with pseudo-random deadlines fire in deadline order, equal
+ * deadlines in start order, never early. */
+struct mprobe {
+  struct timer t;
+  uint64_t due, seq;
+};
+static uint64_t last_due, last_seq;
 static int fired_many;
 static void many_cb(struct timer *tm) {
-  ASSERT(tm->due >= last_due);
-  last_due = tm->due;
+  struct mprobe *p = container_of(tm, struct mprobe, t);
+  ASSERT(p->due > last_due || (p->due == last_due && p->seq > last_seq));
+  ASSERT(uv_hrtime() >= p->due);
+  last_due = p->due;
+  last_seq = p->seq;
   fired_many++;
 }
 
 static void test_many(void) {
   enum { N = 10000 };
-  struct timer *ts = calloc(N, sizeof *ts);
+  struct mprobe *ts = calloc(N, sizeof *ts);
   ASSERT(ts);
   unsigned seed = 12345;
   for (int i = 0; i < N; i++) {
-    timer_init(&ts[i]);
+    timer_init(&ts[i].t);
     seed = seed * 1103515245u + 12345u;
-    timer_start(&ts[i], (seed >> 16) % 50 / 1000.0, many_cb);
+    timer_start(&ts[i].t, (seed >> 16) % 50 / 1000.0, many_cb);
+    ts[i].due = ts[i].t.bucket->due;
+    ts[i].seq = (uint64_t)i + 1;
   }
-  for (int i = 0; i < N; i += 7) timer_stop(&ts[i]); /* 1,429 stopped */
+  for (int i = 0; i < N; i += 7) timer_stop(&ts[i].t); /* 1,429 stopped */
   ASSERT_EQ(timer_count(), N - (N + 6) / 7);
   uv_run(atom_loop, UV_RUN_DEFAULT);
   ASSERT_EQ(fired_many, N - (N + 6) / 7);
+  free(ts);
+}
+
+/* More buckets than the first hash table holds (300 distinct deadlines), a
+ * time shift (Ctrl-Z) applied to all of them, and buckets emptied by stops
+ * from their middle: every timer still fires once, in order, never early. */
+static void test_buckets_and_shift(void) {
+  enum { N = 900 };
+  struct mprobe *ts = calloc(N, sizeof *ts);
+  ASSERT(ts);
+  last_due = last_seq = 0;
+  fired_many = 0;
+  for (int i = 0; i < N; i++) {
+    timer_init(&ts[i].t);
+    timer_start(&ts[i].t, (i % 300) / 10000.0 + 0.001, many_cb);
+  }
+  for (int i = 1; i < N; i += 3) timer_stop(&ts[i].t); /* a middle one of every bucket */
+  timer_add_stopped(5 * MS);
+  ASSERT(timer_next_due() >= uv_hrtime() + 5 * MS);
+  for (int i = 0; i < N; i++) {
+    if (!timer_active(&ts[i].t)) continue;
+    ts[i].due = ts[i].t.bucket->due;
+    ts[i].seq = (uint64_t)i + 1;
+  }
+  /* Started after the shift: joins or makes buckets, in order all the same. */
+  uv_run(atom_loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(fired_many, N - N / 3);
+  ASSERT_EQ(timer_count(), 0);
   free(ts);
 }
 
@@ -141,6 +179,7 @@ int main(void) {
   test_stop_restart();
   test_callbacks();
   test_many();
+  test_buckets_and_shift();
   timer_shutdown();
   uv_run(atom_loop, UV_RUN_DEFAULT); /* let the close callback run */
   ASSERT_EQ(uv_loop_close(atom_loop), 0);

@@ -344,6 +344,42 @@ describe("no orphans, at the edges", function()
     assert(secs and secs < 10, out)
   end)
 
+  it("each process starts in a cgroup of its own, the first one too (ATOMLUA_CGROUP=0: none)", function()
+    if not cgroup_ok() then
+      pending("needs a writable cgroup v2 (root or a delegated subtree)")
+      return
+    end
+    -- Each child reads its cgroup itself: it was in it before its first
+    -- instruction (born there through clone3, or moved before exec).
+    local out, code = run(FIX .. "cgroup_of.lua")
+    assert.equal(0, code, out)
+    local base = assert(out:match("atomlua (%S*)"), out)
+    local function leaf(what)
+      local cg = assert(out:match(what .. " (%S+)"), out)
+      local run_cg, name = cg:match("^(.*/atomlua%-%d+[%-%d]*)/(p%d+)$")
+      assert.truthy(run_cg, cg)
+      assert.equal((base == "/" and "" or base), (run_cg:gsub("/atomlua%-%d+[%-%d]*$", "")))
+      return name
+    end
+    local seen = {}
+    for i = 1, 3 do
+      local name = leaf("child " .. i)
+      assert.is_nil(seen[name], out) -- running at once: one cgroup each
+      seen[name] = true
+    end
+    assert.truthy(seen[leaf("after")], out) -- an emptied cgroup is used again
+    -- A cgroup a daemon still populates is nobody else's.
+    assert.not_equal(leaf("daemon"), leaf("next"), out)
+    -- ... and nor is one that was killed: the process after it runs.
+    assert.not_equal(leaf("killed"), leaf("afterkill"), out)
+    local out0 = sh(("ATOMLUA_CGROUP=0 %s run --workdir %s %s 2>&1"):format(BIN, dir .. "/w0",
+      FIX .. "cgroup_of.lua"))
+    local base0 = assert(out0:match("atomlua (%S*)"), out0)
+    for _, what in ipairs { "child 1", "child 2", "child 3", "after", "next", "afterkill" } do
+      assert.equal(base0, out0:match(what .. " (%S+)"), out0)
+    end
+  end)
+
   it("a daemon (double fork, setsid) ends with the test that started it (cgroup)", function()
     if not cgroup_ok() then
       pending("needs a writable cgroup v2 (root or a delegated subtree)")
