@@ -529,6 +529,7 @@ void proc_maybe_release(struct proc *p) {
   timer_stop(&p->grace_timer);
   timer_stop(&p->group_timer);
   timer_stop(&p->tick);
+  timer_stop(&p->replay);
   end_output(p);
   proc_stdin_close(p);
   exit_poll_close(p);
@@ -641,6 +642,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   timer_init(&p->grace_timer);
   timer_init(&p->group_timer);
   timer_init(&p->tick);
+  timer_init(&p->replay);
   outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
   const int fds[2] = {out[0], errp[0]};
   for (int s = 0; s < 2; s++) {
@@ -685,6 +687,7 @@ struct proc *proc_start_remote(const struct proc_opts *o, pid_t pid) {
   timer_init(&p->grace_timer);
   timer_init(&p->group_timer);
   timer_init(&p->tick);
+  timer_init(&p->replay);
   outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
   p->gnext = live_head;
   if (live_head) live_head->gprev = p;
@@ -884,6 +887,7 @@ void proc_abandon(struct proc *p) {
   timer_stop(&p->grace_timer);
   timer_stop(&p->group_timer);
   timer_stop(&p->tick);
+  timer_stop(&p->replay);
   while (p->waiters) proc_wait_unlink(p->waiters);
   rpipe_close(p, 0);
   rpipe_close(p, 1);

@@ -219,6 +219,7 @@ struct proc {
   uv_poll_t in_h;
   struct wreq *in_head, *in_tail;
   struct timer eof_timer, grace_timer, group_timer, tick;
+  struct timer replay; /* remote: what came before the handle existed, delivered next turn */
   struct outbuf ob;
   struct pwait *waiters;
   struct owned own;                   /* in its owner scope's list (sched_own); own.owner */

@@ -118,12 +118,31 @@ void remote_stdin(struct proc *p, const char *data, size_t n) {
 
 static void deliver(struct link *l, struct proc *p, int type, const char *d, size_t n);
 
+static void replay(struct proc *p);
+
+/* What came before the handle existed is delivered on the next loop turn,
+ * not inside the spawn: a quick exit must find the script's p:wait() (as
+ * a local exit, which the loop reports, does), not count as unexpected. */
+static void replay_cb(struct timer *tm) { replay(container_of(tm, struct proc, replay)); }
+
 void remote_attach(lua_State *L, int idx, struct proc *p, uint32_t rid) {
   struct link *l = check_link(L, idx);
   p->link = l;
   p->rid = rid;
   p->rnext = l->procs;
   l->procs = p;
+  bool pending = l->eof;
+  for (struct pend *e = l->pend; e && !pending; e = e->next) pending = e->id == rid;
+  if (pending)
+    timer_start(&p->replay, 0, replay_cb);
+  else if (p->in_head)
+    proc_stdin_flush(p); /* stdin = "data" queued at the spawn */
+}
+
+static void replay(struct proc *p) {
+  struct link *l = p->link;
+  if (!l) return;
+  uint32_t rid = p->rid;
   for (struct pend **pp = &l->pend; *pp; pp = &(*pp)->next) {
     struct pend *e = *pp;
     if (e->id != rid) continue;

@@ -541,7 +541,9 @@ _atom.proc_on_exit(function(p, code, sig, expected, fail)
   if not fail then return nil end
   p._unexpected = true
   local h = p._transport_of or p._host
-  if h and h:_lost() then -- the transport to a host ended: name the host
+  -- the transport to a host ended (its own exit may be seen before its
+  -- stdout's end): name the host
+  if h and (p._transport_of or h:_lost()) then
     local msg = p._transport_of
       and format("host %s: the transport to its agent ended unexpectedly (%s: %s)%s", h.name,
         quote_argv(h.via), status_text(code, sig), h:_stderr_block())
