@@ -63,6 +63,20 @@ function M.where(level)
   return w
 end
 
+--- The optional timeout argument of a stream method: a number or
+--- {timeout =}; -1 means none (math.huge too).
+---@param fname string
+---@param argn integer
+function M.opt_timeout(fname, argn, v)
+  if v == nil then return -1 end
+  local t = v
+  if type(v) == "table" then t = v.timeout end
+  if t == nil then return -1 end
+  if type(t) ~= "number" then M.argerror(argn, fname, "number or table expected, got " .. type(v)) end
+  if not (t >= 0) then M.argerror(argn, fname, "timeout must be a non-negative number") end
+  return t == math.huge and -1 or t
+end
+
 --- Seconds as every message writes them: "2.5s" (src/sched.c: "%.14gs").
 function M.secs(s) return ("%.14gs"):format(s) end
 

@@ -21,15 +21,7 @@ local Resp = {}
 Resp.__index = Resp
 Resp.__name = "atom.http.stream"
 
-local function topt(fname, argn, v)
-  if v == nil then return -1 end
-  local t = v
-  if type(v) == "table" then t = v.timeout end
-  if t == nil then return -1 end
-  if type(t) ~= "number" then argerror(argn, fname, "number or table expected, got " .. type(v)) end
-  if not (t >= 0) then argerror(argn, fname, "timeout must be a non-negative number") end
-  return t == math.huge and -1 or t
-end
+local topt = errors.opt_timeout
 
 local function read(self, t)
   if self._closed then

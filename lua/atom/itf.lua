@@ -2,14 +2,25 @@
 -- into Lua values: read-only sets and maps that compare by value, integers from
 -- #bigint, lists from #tup. JSON parsing is atom.json's job; replaying traces
 -- through a reactor is atom.trace's.
-local errors = require("atom.errors")
+-- Written on the public `atom` API only (docs/API.md "Writing a library").
+local atom = require("atom")
+
+local function raise(kind, message, fields) error(atom.error(kind, message, fields), 0) end
+
+-- Lua-style argument errors: "bad argument #1 to 'decode' (string expected, got nil)".
+local function checktype(n, fname, v, want)
+  if type(v) ~= want then
+    raise("usage", ("bad argument #%d to '%s' (%s expected, got %s)"):format(n, fname, want,
+      v == nil and "no value" or type(v)))
+  end
+end
 
 local M = {}
 
 local json_null -- atom.json.null, fetched with atom.json on first decode
 
 local function null()
-  if json_null == nil then json_null = require("atom.json").null end
+  if json_null == nil then json_null = atom.json.null end
   return json_null
 end
 
@@ -68,7 +79,7 @@ canon = function(v, seen)
       return d.canon
     end
     seen = seen or {}
-    if seen[v] then errors.raise("usage", "cannot compare a cyclic table by value") end
+    if seen[v] then raise("usage", "cannot compare a cyclic table by value") end
     seen[v] = true
     local parts = {}
     for _, e in ipairs(sorted_entries(v, seen)) do
@@ -113,11 +124,11 @@ end
 --===================================================================
 
 local function readonly(self)
-  errors.raise("usage", ("%s is read-only"):format(getmetatable(self) == set_mt and "an ITF set" or "an ITF map"))
+  raise("usage", ("%s is read-only"):format(getmetatable(self) == set_mt and "an ITF set" or "an ITF map"))
 end
 
 local function render(v, budget)
-  return require("atom.assert").render(v, budget)
+  return atom.repr(v, budget)
 end
 
 local set_methods = {}
@@ -216,7 +227,7 @@ end
 --- A read-only ITF set of the given members (duplicates by value dropped).
 ---@param list table members in order
 function M.set(list)
-  errors.checktype(1, "set", list, "table")
+  checktype(1, "set", list, "table")
   local items, index, n = {}, {}, 0
   for _, v in ipairs(list) do
     local key = canon(v)
@@ -231,7 +242,7 @@ end
 --- A read-only ITF map of {key, value} pairs (a later duplicate key wins).
 ---@param pairs_list table list of {k, v}
 function M.map(pairs_list)
-  errors.checktype(1, "map", pairs_list, "table")
+  checktype(1, "map", pairs_list, "table")
   local keys, values, index, n = {}, {}, {}, 0
   for _, kv in ipairs(pairs_list) do
     local key = canon(kv[1])
@@ -254,7 +265,7 @@ function M.is_map(v) return type(v) == "table" and getmetatable(v) == map_mt end
 --===================================================================
 
 local function fail(where, msg)
-  errors.raise("itf", (where ~= "" and where .. ": " or "") .. msg, { location = where })
+  raise("itf", (where ~= "" and where .. ": " or "") .. msg, { location = where })
 end
 
 -- The JSON decoder gives objects and arrays both as tables: an array is a table
@@ -458,11 +469,11 @@ end
 ---@param str string the document
 ---@return table trace {meta, vars, params, loop, states}
 function M.decode(str)
-  errors.checktype(1, "decode", str, "string")
-  local ok, doc = pcall(require("atom.json").decode, str)
+  checktype(1, "decode", str, "string")
+  local ok, doc = pcall(atom.json.decode, str)
   if not ok then
-    local msg = errors.is(doc) and doc.message or tostring(doc)
-    errors.raise("itf", "invalid JSON: " .. msg, { cause = doc })
+    local msg = atom.is_error(doc) and doc.message or tostring(doc)
+    raise("itf", "invalid JSON: " .. msg, { cause = doc })
   end
   if not is_object(doc) then
     fail("", "a trace must be a JSON object, got " .. describe(doc))
@@ -505,17 +516,17 @@ end
 --- Read and decode an ITF trace file. Errors (kind `itf`) start with the path.
 ---@param path string
 function M.load(path)
-  errors.checktype(1, "load", path, "string")
+  checktype(1, "load", path, "string")
   local f, err = io.open(path, "rb")
-  if not f then errors.raise("itf", "cannot read trace " .. err, { trace_file = path }) end
+  if not f then raise("itf", "cannot read trace " .. err, { trace_file = path }) end
   local text, rerr = f:read("a")
   f:close()
   if not text then
-    errors.raise("itf", "cannot read trace " .. path .. ": " .. tostring(rerr), { trace_file = path })
+    raise("itf", "cannot read trace " .. path .. ": " .. tostring(rerr), { trace_file = path })
   end
   local ok, trace = pcall(M.decode, text)
   if not ok then
-    if errors.is(trace, "itf") then
+    if atom.is_error(trace, "itf") then
       trace.message = path .. ": " .. trace.message
       trace.trace_file = path
     end

@@ -30,17 +30,7 @@ local WS = {}
 WS.__index = WS
 WS.__name = "atom.ws"
 
--- The optional timeout of a method: a number or {timeout =}; -1 is none.
-local function topt(fname, argn, v)
-  if v == nil then return -1 end
-  local t = v
-  if type(v) == "table" then t = v.timeout end
-  if t == nil then return -1 end
-  if type(t) ~= "number" then argerror(argn, fname, "number or table expected, got " .. type(v)) end
-  if not (t >= 0) then argerror(argn, fname, "timeout must be a non-negative number") end
-  return t == math.huge and -1 or t
-end
-M._topt = topt
+local topt = errors.opt_timeout -- the optional timeout of a method; -1 is none
 
 local function closed_error(self, fname)
   errors.raise("io", ("ws:%s() on a closed connection to %s"):format(fname, self.url), { cause = "closed" })

@@ -212,7 +212,7 @@ Client.__close = Client.close
 ---@param timeout? number|{timeout?: number} no default
 function Sub:next(timeout)
   local t
-  if timeout ~= nil then t = ws._topt("next", 1, timeout) end
+  if timeout ~= nil then t = errors.opt_timeout("next", 1, timeout) end
   if t == -1 then t = nil end
   local ok, v = pcall(self._ch.recv, self._ch, t)
   if not ok then

@@ -33,31 +33,9 @@ end
 
 local function new_tag() return tostring(math.random(10000000, 99999999)) end
 
--- Live processes whose argv is `sleep 100N.<tag>` (family.sh), from /proc.
-local function survivors(tag)
-  local found = {}
-  for pid in pexec("ls /proc"):gmatch("%d+") do
-    local f = io.open("/proc/" .. pid .. "/cmdline")
-    local cmd = f and f:read("a") or ""
-    if f then f:close() end
-    local st = io.open("/proc/" .. pid .. "/stat")
-    local zombie = st and st:read("a"):match("^%d+ %b() Z")
-    if st then st:close() end
-    if cmd:find("^sleep%z100%d%." .. tag) and not zombie then found[#found + 1] = pid end
-  end
-  return table.concat(found, " ")
-end
+local survivors_mod = require "support.survivors"
+local survivors, assert_no_survivors = survivors_mod.survivors, survivors_mod.assert_none
 
-local function assert_no_survivors(tag)
-  local left
-  for _ = 1, 60 do
-    left = survivors(tag)
-    if left == "" then return end
-    os.execute("sleep 0.05")
-  end
-  os.execute("kill -9 " .. left .. " 2>/dev/null")
-  error("processes outlived atomlua: " .. left)
-end
 
 describe("os.execute and io.popen in a scenario", function()
   it("wait as tasks do, return Lua's values, and are `sh` processes in the events", function()

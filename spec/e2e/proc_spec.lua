@@ -31,33 +31,9 @@ end
 
 local function sleep(s) os.execute("sleep " .. s) end
 
--- pids of live processes started from family.sh with this tag, from /proc
--- (not pgrep: it hangs under the sanitizers' LD_PRELOAD).
-local function survivors(tag)
-  local found = {}
-  for pid in sh("ls /proc"):gmatch("%d+") do
-    local f = io.open("/proc/" .. pid .. "/cmdline")
-    local cmd = f and f:read("a") or ""
-    if f then f:close() end
-    local st = io.open("/proc/" .. pid .. "/stat")
-    local zombie = st and st:read("a"):match("^%d+ %b() Z")
-    if st then st:close() end
-    if cmd:find("^sleep%z100[01]%." .. tag) and not zombie then found[#found + 1] = pid end
-  end
-  return table.concat(found, " ")
-end
+local survivors_mod = require "support.survivors"
+local survivors, assert_no_survivors = survivors_mod.survivors, survivors_mod.assert_none
 
--- Poll: the reaper may need a moment after atomlua is gone.
-local function assert_no_survivors(tag)
-  local left
-  for _ = 1, 40 do
-    left = survivors(tag)
-    if left == "" then return end
-    sleep(0.05)
-  end
-  os.execute("kill -9 " .. left .. " 2>/dev/null")
-  error("processes outlived atomlua: " .. left)
-end
 
 local function new_tag() return tostring(math.random(10000000, 99999999)) end
 
