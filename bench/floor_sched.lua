@@ -2,6 +2,8 @@
 -- timer heap, no atomlua. luv is used only for its monotonic clock and to
 -- sleep until the earliest deadline (no libuv timers, no loop).
 --   lua5.4 floor_sched.lua w1 N   -- N coroutines each sleeping 10 ms, gathered
+--   lua5.4 floor_sched.lua w1 N cached -- the same, deadlines from the loop's
+--                                    cached time (libuv's and Node's timers)
 --   lua5.4 floor_sched.lua w2 N   -- N sleeping 60 s plus one failing after 50 ms;
 --                                    time from the failure until all are closed
 local uv = require "luv"
@@ -57,6 +59,17 @@ end
 
 local function sleep(d) yield(d) end
 
+-- A sleep's deadline. As atom.sleep (and trio.sleep): at least d after the
+-- call, read from the clock, rounded up to whole milliseconds (libuv's timers
+-- fire no finer), so a coroutine started late is due late. With "cached", as
+-- libuv's uv_timer_start: from the loop's cached time, so every coroutine
+-- started before the loop next waits shares the first one's deadline.
+local cached = arg[3] == "cached"
+local function deadline(d)
+  if cached then return loop_now + d end
+  return ceil((now() + d) * 1000) / 1000
+end
+
 -- Runs fns as coroutines until all ended; returns their results, or stops at
 -- the first error and returns nil, the error (the caller closes the rest).
 local function gather(fns)
@@ -69,7 +82,7 @@ local function gather(fns)
       results[i] = v
       left = left - 1
     else
-      push(loop_now + v, co)
+      push(deadline(v), co)
     end
   end
   local index = {}
