@@ -194,12 +194,14 @@ describe("tasks", function()
   -- check that it ends as a resumed one would, and that anything able to
   -- observe the unwind still gets it.
   it("a plain sleeping task ends at once when cancelled, with the error a resume would give", function()
-    local get
+    local get, co, after
     run(function()
       local c = atom.go(function()
         local kept = { "still here" }
         get = function() return kept[1] end
+        co = coroutine.running()
         atom.sleep(10)
+        after = true
       end)
       atom.sleep(0)
       c:cancel()
@@ -213,7 +215,10 @@ describe("tasks", function()
       local ok, je = pcall(c.join, c)
       assert.is_false(ok)
       assert.equals("cancelled", kind(je))
+      coroutine.resume(co) -- by hand: refused, the code after the wait never runs
+      assert.is_nil(after)
     end)
+    co = nil
     collectgarbage()
     assert.equals("still here", get()) -- its upvalues were closed, not lost
   end)

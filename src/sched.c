@@ -290,7 +290,9 @@ static bool unwinds_silently(lua_State *co) {
  * unwind — t waits in a plain wait, has no children, notes (defers, an
  * override), owned things or owner role, and its stack unwinds silently —
  * end it here as the resume would have: its cancellation error is its
- * outcome, its coroutine is reset (open upvalues closed). */
+ * outcome. Its coroutine stays suspended, never to be resumed, until it is
+ * collected with the task (Lua then closes its open upvalues): resetting it
+ * here would cost a stack reallocation per task. */
 static bool end_unresumed(struct task *t) {
   if (!t->plain_wait || t->child_head || t->owned || (t->flags & (TF_OWNER | TF_ROOT)) ||
       t->has_override || t->in_cleanup || t == sched_state.current)
@@ -302,7 +304,6 @@ static bool end_unresumed(struct task *t) {
   if (notes || !unwinds_silently(co)) return false;
   detach_wait(t);
   int line = push_where_parts(L, co); /* the error itself is made if somebody reads it */
-  lua_resetthread(co);
   lua_settop(co, 0);
   if (line) {
     lua_xmove(L, co, 1);
@@ -371,6 +372,8 @@ int sched_wait_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   struct task *t = sched_state.current;
+  if (!t || t->co != L) /* coroutine.resume of a task's coroutine (maybe an ended one) */
+    return util_error(L, "usage", "a task's coroutine can only be resumed by atom's scheduler");
   if (t->wake_error) {
     t->wake_error = false;
     return lua_error(L);
