@@ -232,9 +232,8 @@ static void push_cancel_error(lua_State *L, struct task *t, lua_State *where_L) 
 void sched_make_cancel_error(lua_State *L, int ud, struct task *t) {
   if (!t->lazy_cancel) return;
   t->lazy_cancel = false;
-  lua_State *co = t->co; /* [src, line] or [] */
-  int line = lua_gettop(co) == 2 ? (int)lua_tointeger(co, 2) : 0;
-  lua_settop(co, line ? 1 : 0);
+  lua_State *co = t->co; /* suspended where it waited (end_unresumed) */
+  int line = push_where_parts(co, co);
   lua_pushvalue(L, ud);
   lua_xmove(L, co, 1);
   push_cancel_error_at(co, line);
@@ -303,12 +302,7 @@ static bool end_unresumed(struct task *t) {
   lua_pop(L, 2);
   if (notes || !unwinds_silently(co)) return false;
   detach_wait(t);
-  int line = push_where_parts(L, co); /* the error itself is made if somebody reads it */
-  lua_settop(co, 0);
-  if (line) {
-    lua_xmove(L, co, 1);
-    lua_pushinteger(co, line);
-  }
+  lua_settop(co, 0); /* its outcome, the error, is made if somebody reads it */
   t->returned = true;
   t->lazy_cancel = true;
   settle(t, 0, false);
@@ -746,8 +740,8 @@ static void settle(struct task *t, int nres, bool ok) {
   lua_State *co = t->co;
   timer_stop(&t->wait_timer);
   timer_stop(&t->phase);
-  if (t->lazy_cancel) { /* its own cancellation: the stack holds where it waited */
-    nres = lua_gettop(co);
+  if (t->lazy_cancel) { /* its own cancellation, its error not made yet */
+    nres = 0;
   } else if (t->has_override) { /* an unjoined child's or a critical process's error wins */
     lua_settop(co, 0);
     push_extra(co, t);

@@ -28,7 +28,7 @@ struct task {
   bool wake_error, has_override, awaiting_children;
   bool returned;    /* its function has returned or raised (trampoline step 2 began) */
   bool plain_wait;  /* its wait's continuation is sched_wait_k: it only returns or raises */
-  bool lazy_cancel; /* ended unresumed: its stack holds where it waited, not yet its error */
+  bool lazy_cancel; /* ended unresumed (end_unresumed): its error is not made yet */
   int wake_nres;    /* values queued for the next resume */
   int resumed_nres; /* values the current resume brought (for continuations) */
   struct wait *wait;
