@@ -189,6 +189,94 @@ describe("tasks", function()
     end)
   end)
 
+  -- A cancelled task whose unwind nobody could observe ends without being
+  -- resumed (sched.c end_unresumed); its error is made on first read. These
+  -- check that it ends as a resumed one would, and that anything able to
+  -- observe the unwind still gets it.
+  it("a plain sleeping task ends at once when cancelled, with the error a resume would give", function()
+    local get, co, after
+    run(function()
+      local c = atom.go(function()
+        local kept = { "still here" }
+        get = function() return kept[1] end
+        co = coroutine.running()
+        atom.sleep(10)
+        after = true
+      end)
+      atom.sleep(0)
+      c:cancel()
+      assert.equals("cancelled", c:status()) -- nothing to unwind: ended at once
+      local e = require("_atom").error_of(c)
+      assert.equals("cancelled", e.kind)
+      assert.equals("cancelled: by t:cancel()", e.message)
+      assert.matches("sched_spec%.lua:%d+$", e.where)
+      assert.equals(c.name, e.task)
+      assert.equals(e, require("_atom").error_of(c)) -- made once
+      local ok, je = pcall(c.join, c)
+      assert.is_false(ok)
+      assert.equals("cancelled", kind(je))
+      coroutine.resume(co) -- by hand: refused, the code after the wait never runs
+      assert.is_nil(after)
+    end)
+    co = nil
+    collectgarbage()
+    assert.equals("still here", get()) -- its upvalues were closed, not lost
+  end)
+
+  it("a cancelled task that could observe its unwind is resumed: pcall, <close>, defer, children", function()
+    local log = {}
+    run(function()
+      local closer = setmetatable({}, { __close = function(_, e) log[#log + 1] = "close " .. kind(e) end })
+      local ts = {
+        atom.go(function()
+          local ok, e = pcall(atom.sleep, 10)
+          log[#log + 1] = "caught " .. kind(e) .. " " .. tostring(ok)
+        end),
+        atom.go(function()
+          local c <close> = closer
+          atom.sleep(10)
+        end),
+        atom.go(function()
+          atom.defer(function() log[#log + 1] = "deferred" end)
+          atom.sleep(10)
+        end),
+        atom.go(function()
+          atom.go(function() atom.defer(function() log[#log + 1] = "child deferred" end); atom.sleep(10) end)
+          atom.sleep(10)
+        end),
+      }
+      atom.sleep(0)
+      for _, t in ipairs(ts) do t:cancel() end
+      for _, t in ipairs(ts) do assert.equals("running", t:status()) end -- they unwind when resumed
+      for _, t in ipairs(ts) do pcall(t.join, t) end
+      assert.equals("done", ts[1]:status()) -- it caught its cancellation and returned
+      for i = 2, #ts do assert.equals("cancelled", ts[i]:status()) end
+    end)
+    table.sort(log)
+    assert.are.same({ "caught cancelled false", "child deferred", "close cancelled", "deferred" }, log)
+  end)
+
+  it("gather's cancelled siblings end at once, and a gather cancelled from outside raises its own cancellation", function()
+    run(function()
+      local ok, err = pcall(atom.gather, function() atom.sleep(10) end, function() atom.sleep(U); error("boom") end,
+                            function() atom.sleep(10) end)
+      assert.is_false(ok)
+      assert.matches("boom", tostring(err))
+      local g = atom.go(function() return atom.gather(function() atom.sleep(10) end, function() atom.sleep(10) end) end)
+      atom.sleep(U)
+      g:cancel()
+      local ok2, e2 = pcall(g.join, g)
+      assert.is_false(ok2)
+      assert.equals("cancelled", kind(e2))
+      assert.equals("cancelled", g:status())
+      local r = atom.go(function() return atom.race(function() atom.sleep(10) end, function() atom.sleep(10) end) end)
+      atom.sleep(U)
+      r:cancel()
+      assert.is_false(pcall(r.join, r))
+      assert.equals("cancelled", r:status())
+    end)
+  end)
+
   it("invariant 7: a task cancelled before it starts never runs", function()
     local ran = false
     run(function()

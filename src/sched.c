@@ -193,10 +193,10 @@ static int push_where_parts(lua_State *L, lua_State *co) {
  * message, and child_error when an unjoined child or a process failed.
  * `where`, `task` and `traceback` are filled in lazily from _src, _line and
  * _t by the error metatable (lua/atom/errors.lua): cancelling 10,000 tasks
- * makes no strings. */
-static void push_cancel_error(lua_State *L, struct task *t, lua_State *where_L) {
-  sched_push_ud(L, t);
-  lua_getiuservalue(L, -1, UV_CANCEL); /* [ud, reason] */
+ * makes no strings. [src (when line > 0), t's userdata] on L -> [error]. */
+static void push_cancel_error_at(lua_State *L, int line) {
+  int slot = lua_gettop(L) - (line ? 1 : 0);
+  lua_getiuservalue(L, -1, UV_CANCEL); /* [src?, ud, reason] */
   lua_createtable(L, 0, 8);
   lua_pushliteral(L, "cancelled");
   lua_setfield(L, -2, "kind");
@@ -206,8 +206,8 @@ static void push_cancel_error(lua_State *L, struct task *t, lua_State *where_L) 
     lua_setfield(L, -2, "child_error");
   else
     lua_pop(L, 1);
-  int line = push_where_parts(L, where_L);
   if (line) {
+    lua_pushvalue(L, slot);
     lua_setfield(L, -2, "_src");
     lua_pushinteger(L, line);
     lua_setfield(L, -2, "_line");
@@ -218,8 +218,25 @@ static void push_cancel_error(lua_State *L, struct task *t, lua_State *where_L) 
   lua_setfield(L, -2, "_own"); /* this task's own cancellation (status cancelled) */
   luaL_getmetatable(L, "atom.error");
   lua_setmetatable(L, -2);
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  lua_replace(L, slot);
+  lua_settop(L, slot);
+}
+
+/* The same, where where_L waits now. */
+static void push_cancel_error(lua_State *L, struct task *t, lua_State *where_L) {
+  int line = push_where_parts(L, where_L);
+  sched_push_ud(L, t);
+  push_cancel_error_at(L, line);
+}
+
+void sched_make_cancel_error(lua_State *L, int ud, struct task *t) {
+  if (!t->lazy_cancel) return;
+  t->lazy_cancel = false;
+  lua_State *co = t->co; /* suspended where it waited (end_unresumed) */
+  int line = push_where_parts(co, co);
+  lua_pushvalue(L, ud);
+  lua_xmove(L, co, 1);
+  push_cancel_error_at(co, line);
 }
 
 /* End t's wait without waking it normally; the caller queues an outcome. */
@@ -241,10 +258,62 @@ static void wake_with_error_on_co(struct task *t) { /* error value on top of t->
 
 static bool wait_uninterruptible(struct task *t) { return t->wait && t->wait->uninterruptible; }
 
+static int task_body(lua_State *L);
+
+/* Would raising an error at co's wait unwind nothing but plain Lua frames
+ * down to task_body? No pcall or other C frame in between (it could catch
+ * the error or run code), and no local that could be a <close> variable
+ * (its value has a __close metamethod; a false positive only costs the fast
+ * path). co is suspended: what we push on it we pop. */
+static bool unwinds_silently(lua_State *co) {
+  lua_Debug ar;
+  if (!lua_checkstack(co, 4)) return false;
+  for (int level = 1; lua_getstack(co, level, &ar); level++) { /* level 0: the wait's C function */
+    lua_getinfo(co, "f", &ar);
+    bool c = lua_iscfunction(co, -1);
+    bool bottom = c && lua_tocfunction(co, -1) == task_body;
+    lua_pop(co, 1);
+    if (bottom) return !lua_getstack(co, level + 1, &ar);
+    if (c) return false;
+    for (int i = 1; lua_getlocal(co, &ar, i); i++) {
+      bool closable = luaL_getmetafield(co, -1, "__close") != LUA_TNIL;
+      lua_pop(co, closable ? 2 : 1);
+      if (closable) return false;
+    }
+  }
+  return false;
+}
+
+/* Cancelling 10,000 sleeping tasks should not mean 10,000 resumes that each
+ * raise an error only to unwind it at once. When nothing could observe the
+ * unwind — t waits in a plain wait, has no children, notes (defers, an
+ * override), owned things or owner role, and its stack unwinds silently —
+ * end it here as the resume would have: its cancellation error is its
+ * outcome. Its coroutine stays suspended, never to be resumed, until it is
+ * collected with the task (Lua then closes its open upvalues): resetting it
+ * here would cost a stack reallocation per task. */
+static bool end_unresumed(struct task *t) {
+  if (!t->plain_wait || t->child_head || t->owned || (t->flags & (TF_OWNER | TF_ROOT)) ||
+      t->has_override || t->in_cleanup || t == sched_state.current)
+    return false;
+  lua_State *L = sched_state.L, *co = t->co;
+  sched_push_ud(L, t);
+  bool notes = lua_getiuservalue(L, -1, UV_EXTRA) != LUA_TNIL;
+  lua_pop(L, 2);
+  if (notes || !unwinds_silently(co)) return false;
+  detach_wait(t);
+  lua_settop(co, 0); /* its outcome, the error, is made if somebody reads it */
+  t->returned = true;
+  t->lazy_cancel = true;
+  settle(t, 0, false);
+  return true;
+}
+
 /* Deliver a pending cancellation to a suspended task now. */
 static void interrupt(struct task *t) {
   if (!t->wait || !deliverable(t)) return;
   if (wait_uninterruptible(t) && !t->hard) return;
+  if (end_unresumed(t)) return;
   detach_wait(t);
   push_cancel_error(t->co, t, t->co);
   wake_with_error_on_co(t);
@@ -297,6 +366,8 @@ int sched_wait_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   struct task *t = sched_state.current;
+  if (!t || t->co != L) /* coroutine.resume of a task's coroutine (maybe an ended one) */
+    return util_error(L, "usage", "a task's coroutine can only be resumed by atom's scheduler");
   if (t->wake_error) {
     t->wake_error = false;
     return lua_error(L);
@@ -354,6 +425,7 @@ int sched_wait_with_k(lua_State *L, struct wait *w, double timeout, int desc_idx
   }
   w->task = t;
   t->wait = w;
+  t->plain_wait = k == sched_wait_k;
   t->wait_since = util_now();
   if (timeout >= 0) {
     t->wait_timeout = timeout;
@@ -497,11 +569,14 @@ void sched_cancel_tree(lua_State *L, struct task *t, int reason, bool force) {
     t->cancel_pending = true;
     lua_pushvalue(L, reason);
     sched_set_uv_top(L, t, UV_CANCEL);
-    sched_arm_grace(t);
     interrupt(t);
+    if (t->status >= T_DONE) return; /* ended at once (end_unresumed) */
+    sched_arm_grace(t);
   }
-  for (struct task *c = t->child_head; c; c = c->sib_next)
+  for (struct task *c = t->child_head, *next; c; c = next) {
+    next = c->sib_next; /* c may end, and leave the list, at once */
     if (force || !(c->flags & TF_SHIELD)) sched_cancel_tree(L, c, reason, force);
+  }
 }
 
 void sched_push_reason(lua_State *L, const char *message) {
@@ -543,6 +618,7 @@ void sched_grace_cb(struct timer *tm) {
   lua_pop(sched_state.L, 3);
   kill_owned(t);
   interrupt(t);
+  if (t->status >= T_DONE) return; /* ended at once (end_unresumed) */
   timer_start(&t->phase, 1.0, sched_grace_cb);
 }
 
@@ -664,7 +740,9 @@ static void settle(struct task *t, int nres, bool ok) {
   lua_State *co = t->co;
   timer_stop(&t->wait_timer);
   timer_stop(&t->phase);
-  if (t->has_override) { /* an unjoined child's or a critical process's error wins */
+  if (t->lazy_cancel) { /* its own cancellation, its error not made yet */
+    nres = 0;
+  } else if (t->has_override) { /* an unjoined child's or a critical process's error wins */
     lua_settop(co, 0);
     push_extra(co, t);
     lua_getfield(co, -1, "override");
@@ -677,6 +755,8 @@ static void settle(struct task *t, int nres, bool ok) {
   }
   if (ok) {
     t->status = T_DONE;
+  } else if (t->lazy_cancel) {
+    t->status = T_CANCELLED;
   } else {
     bool own = false;
     if (lua_type(co, -1) == LUA_TTABLE && t->cancel_pending) {
@@ -891,7 +971,8 @@ void sched_shutdown(void) {
 /* }==== */
 
 /* Push the outcome of a finished task: its results, or its error. */
-int sched_push_outcome(lua_State *L, struct task *t) {
+int sched_push_outcome(lua_State *L, int ud, struct task *t) {
+  sched_make_cancel_error(L, ud, t);
   int n = lua_gettop(t->co);
   luaL_checkstack(L, n, "too many results");
   for (int i = 1; i <= n; i++) {
@@ -987,7 +1068,7 @@ int sched_run(lua_State *L) {
   lua_pushboolean(L, root->status == T_DONE);
   lua_pushvalue(L, root_idx);
   lua_pushstring(L, sched_status_names[root->status]);
-  int n = sched_push_outcome(L, root);
+  int n = sched_push_outcome(L, root_idx, root);
   return n + 3; /* ok, root task, status, results or error */
 }
 

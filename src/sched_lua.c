@@ -138,12 +138,12 @@ static void joiner_cancel(struct wait *w) {
 
 /* The task's userdata is at index 1. */
 static int join_result(lua_State *L, struct task *t) {
-  if (t->status == T_DONE) return sched_push_outcome(L, t);
+  if (t->status == T_DONE) return sched_push_outcome(L, 1, t);
   if (t->status == T_CANCELLED) {
     sched_push_name(L, 1, t);
     return util_error(L, "cancelled", "task %s was cancelled", lua_tostring(L, -1));
   }
-  sched_push_outcome(L, t);
+  sched_push_outcome(L, 1, t);
   return lua_error(L);
 }
 
@@ -198,6 +198,7 @@ static int l_result(lua_State *L) {
 static int l_error_of(lua_State *L) {
   struct task *t = check_task(L, 1, "error_of");
   if (t->status != T_FAILED && t->status != T_CANCELLED) return 0;
+  sched_make_cancel_error(L, 1, t);
   lua_pushvalue(t->co, 1);
   lua_xmove(t->co, L, 1);
   return 1;
@@ -227,36 +228,41 @@ static void group_wait_cancel(struct wait *w) {
   t->waiting_group = NULL;
 }
 
-static int group_pop(lua_State *L, struct group *g) {
+static int group_pop(lua_State *L, struct group *g, bool lazy) {
   struct task *t = g->done_head;
   if (!t) return 0;
   g->done_head = t->group_next;
   if (!g->done_head) g->done_tail = NULL;
   lua_pushinteger(L, t->group_index);
   lua_pushstring(L, sched_status_names[t->status]);
-  if (lua_gettop(t->co) > 0) {
-    lua_pushvalue(t->co, 1);
-    lua_xmove(t->co, L, 1);
-  } else {
-    lua_pushnil(L);
-  }
   /* Finished members are anchored in done order (sched.c): this is the first. */
   lua_getiuservalue(L, 1, 1);
   lua_Integer k = ++g->anchored_out;
   lua_rawgeti(L, -1, k);
   lua_pushnil(L);
   lua_rawseti(L, -3, k);
-  lua_remove(L, -2);
+  lua_remove(L, -2); /* [index, status, ud] */
+  if (t->lazy_cancel && lazy) {
+    lua_pushnil(L);
+  } else if (sched_make_cancel_error(L, lua_gettop(L), t), lua_gettop(t->co) > 0) {
+    lua_pushvalue(t->co, 1);
+    lua_xmove(t->co, L, 1);
+  } else {
+    lua_pushnil(L);
+  }
+  lua_insert(L, -2); /* [index, status, value, ud] */
   return 4;
 }
 
-/* _atom.group_next(g) -> index, status, first result or error, task; or nothing
- * once no member runs. Waits uninterruptibly: the caller's cancellation
- * reaches the members instead (invariant 6), and their ends come back here. */
+/* _atom.group_next(g [, lazy]) -> index, status, first result or error, task;
+ * or nothing once no member runs. lazy: the caller ignores the errors of
+ * cancelled members, so one not made yet stays unmade (nil). Waits
+ * uninterruptibly: the caller's cancellation reaches the members instead
+ * (invariant 6), and their ends come back here. */
 static int l_group_next(lua_State *L) {
   struct group *g = check_group(L, 1);
-  lua_settop(L, 1);
-  int n = group_pop(L, g);
+  lua_settop(L, 2);
+  int n = group_pop(L, g, lua_toboolean(L, 2));
   if (n || g->running == 0) return n;
   struct task *me = sched_current(L);
   if (!me) return util_error(L, "usage", "internal: group_next outside a task");
@@ -277,8 +283,8 @@ static int group_next_k(lua_State *L, int status, lua_KContext ctx) {
     me->wake_error = false;
     return lua_error(L);
   }
-  lua_settop(L, 1);
-  return group_pop(L, g);
+  lua_settop(L, 2);
+  return group_pop(L, g, lua_toboolean(L, 2));
 }
 
 static int l_group_cancel(lua_State *L) {

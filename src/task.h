@@ -27,6 +27,8 @@ struct task {
   bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
   bool wake_error, has_override, awaiting_children;
   bool returned;    /* its function has returned or raised (trampoline step 2 began) */
+  bool plain_wait;  /* its wait's continuation is sched_wait_k: it only returns or raises */
+  bool lazy_cancel; /* ended unresumed (end_unresumed): its error is not made yet */
   int wake_nres;    /* values queued for the next resume */
   int resumed_nres; /* values the current resume brought (for continuations) */
   struct wait *wait;
@@ -93,7 +95,8 @@ void sched_cancel_tree(lua_State *L, struct task *t, int reason, bool force);
 void sched_arm_grace(struct task *t);
 void sched_grace_cb(struct timer *tm);
 void sched_abandon(struct task *t);
-int sched_push_outcome(lua_State *L, struct task *t);
+int sched_push_outcome(lua_State *L, int ud, struct task *t);       /* ud: t's userdata */
+void sched_make_cancel_error(lua_State *L, int ud, struct task *t); /* lazy_cancel: on first read */
 int sched_run(lua_State *L);
 void sched_push_desc(lua_State *L, struct task *t); /* what t waits for */
 struct task *sched_next_task(struct task *t);       /* preorder walk of unfinished tasks */

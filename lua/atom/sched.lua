@@ -62,7 +62,7 @@ local function unwind(g, err)
   if err ~= nil and M.on_unwind then M.on_unwind(task_name() .. "/") end
   group_cancel(g)
   while true do
-    local i, st, e = group_next(g)
+    local i, st, e = group_next(g, true) -- cancelled members' errors are not wanted
     if not i then break end
     if st == "failed" and e ~= err and not is_error(e, "cancelled") and is_error(err) then
       local also = err.also or {}
