@@ -480,6 +480,7 @@ static int l_json_rpc_result(lua_State *L) {
   lua_insert(L, 2);
   return 2;
 other:
+  lua_settop(L, 1); /* also what an abandoned decode left (a string buffer) */
   lua_pushboolean(L, 0);
   return 1;
 }
