@@ -184,10 +184,11 @@ end
 -- One call: the request body is built in C (src/http.c) and a reply of the
 -- usual shape gives its result without a table for the document
 -- (src/json.c); any other reply goes through reply_result.
-local function call(url, method, params, timeout, headers, flags, proxy)
+local function call(url, method, em, params, timeout, headers, flags, proxy)
   last_id = last_id + 1
-  local status, rbody = rpc_call(url, encode_method(method), params, timeout, headers, flags, proxy,
-    desc_of(url, method), last_id)
+  local per = descs[url]
+  local status, rbody = rpc_call(url, em, params, timeout, headers, flags, proxy,
+    per and per[method] or desc_of(url, method), last_id)
   local ok, result = rpc_result(rbody)
   if ok then return result end
   return reply_result(url, method, status, rbody)
@@ -214,16 +215,23 @@ end
 ---@param opts? number|{timeout?: number, headers?: table, follow?: boolean, proxy?: string, insecure?: boolean}
 ---@return any
 function M.rpc(url, method, params, opts)
-  check_url("rpc", url)
-  if type(method) ~= "string" then
-    argerror(2, "rpc", "string expected, got " .. (method == nil and "no value" or type(method)))
+  -- The common case (the last URL, a known method, no params, no options)
+  -- checked inline: this runs once per call.
+  if url ~= checked_url then check_url("rpc", url) end
+  local em = method_cache[method] -- only strings get there
+  if em == nil then
+    if type(method) ~= "string" then
+      argerror(2, "rpc", "string expected, got " .. (method == nil and "no value" or type(method)))
+    end
+    em = encode_method(method)
   end
-  local p = encode_params("rpc", 3, params)
-  local timeout, headers, flags, proxy = parse_opts("rpc", 4, opts)
+  local p = params ~= nil and encode_params("rpc", 3, params) or nil
+  local timeout, headers, flags, proxy = DEFAULT_TIMEOUT, nil, HF_JSON, nil
+  if opts ~= nil then timeout, headers, flags, proxy = parse_opts("rpc", 4, opts) end
   if traced() then
     return with_event(url, method, call_traced, url, method, p, timeout, headers, flags, proxy)
   end
-  return call(url, method, p, timeout, headers, flags, proxy)
+  return call(url, method, em, p, timeout, headers, flags, proxy)
 end
 
 local function call_batch(url, n, methods, body, ids, timeout, headers, flags, proxy)
