@@ -90,7 +90,7 @@ static bool load(char *err, size_t errsize) {
       SYM(easy_pause, "easy_pause"),
 #undef SYM
   };
-  struct curl_api api;
+  struct curl_api api = {0};
   for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
     void *f = dlsym(lib, syms[i].name);
     if (!f) {
@@ -106,8 +106,6 @@ static bool load(char *err, size_t errsize) {
     memcpy(&api.url, &url, sizeof url);
     memcpy(&api.url_set, &url_set, sizeof url_set);
     memcpy(&api.url_cleanup, &url_cleanup, sizeof url_cleanup);
-  } else {
-    api.url = NULL;
   }
   CURLcode rc = api.global_init(CURL_GLOBAL_DEFAULT);
   if (rc != CURLE_OK) {
