@@ -356,3 +356,49 @@ describe("atom.json round trips", function()
     assert.equal(long, json.decode(json.encode(long)))
   end)
 end)
+
+-- The fast path of atom.rpc (lua/atom/rpc.lua): json_rpc_result gives the
+-- result of a reply exactly when decoding the whole reply and checking it
+-- would, and declines (false) otherwise, never raising for a bad reply.
+describe("_atom.json_rpc_result", function()
+  local _atom = require "_atom"
+  local fast, null = _atom.json_rpc_result, json.null
+
+  local function slow(body)
+    local ok, doc = pcall(json.decode, body)
+    if not ok or type(doc) ~= "table" then return false end
+    if doc.error ~= nil and doc.error ~= null then return false end
+    if doc.result == nil then return false end
+    return true, doc.result
+  end
+
+  it("takes the result of a usual reply and declines anything else", function()
+    local cases = {
+      '{"jsonrpc":"2.0","id":1,"result":"ok"}', ' {"result" : [1, {"a":null}] , "id":"x\\n"} ',
+      '{"result":1,"result":2}', '{"error":null,"result":3}', '{"error":1,"error":null,"result":4}',
+      '{"result":null}', '{"result":-0}', '{"result":1e400}',
+      '{"a":' .. ("["):rep(999) .. ("]"):rep(999) .. ',"result":1}',
+    }
+    for _, body in ipairs(cases) do
+      local ok, v = fast(body)
+      local sok, sv = slow(body)
+      assert.is_true(ok, body)
+      assert.is_true(sok, body)
+      assert.same(sv, v, body)
+    end
+    assert.equal(null, select(2, fast('{"result":null}')))
+    assert.equal(2, select(2, fast('{"result":1,"result":2}')))
+    local declined = {
+      '{"error":{"code":1},"result":3}', '{"result":3,"error":{"code":1}}', '{"res\\u0075lt":5}',
+      '{"result":1} x', '[1]', '"str"', '{}', '{"result":1,}', '{"result":1', '{"result":tru}',
+      '{"re\1sult":1}', '', '{"result":"\\ud800"}',
+      '{"a":' .. ("["):rep(1000) .. ("]"):rep(1000) .. ',"result":1}',
+    }
+    for _, body in ipairs(declined) do
+      assert.is_false(fast(body), body)
+    end
+    assert.is_false(fast(nil))
+    -- A declined reply with an escaped key is still one the full check takes.
+    assert.same({ true, 5 }, { slow('{"res\\u0075lt":5}') })
+  end)
+end)

@@ -43,6 +43,7 @@ static struct {
   bool loaded;
   CURLM *multi;
   struct timer timer;
+  bool timer_asap;     /* the timer is armed for "now": it fires on the next loop turn */
   struct sock **socks; /* indexed by fd */
   int nsocks;
   int in_flight;
@@ -89,7 +90,7 @@ static bool load(char *err, size_t errsize) {
       SYM(easy_pause, "easy_pause"),
 #undef SYM
   };
-  struct curl_api api;
+  struct curl_api api = {0};
   for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
     void *f = dlsym(lib, syms[i].name);
     if (!f) {
@@ -98,6 +99,13 @@ static bool load(char *err, size_t errsize) {
       return false;
     }
     memcpy((char *)&api + syms[i].off, &f, sizeof f);
+  }
+  void *url = dlsym(lib, "curl_url"), *url_set = dlsym(lib, "curl_url_set"),
+       *url_cleanup = dlsym(lib, "curl_url_cleanup");
+  if (url && url_set && url_cleanup) {
+    memcpy(&api.url, &url, sizeof url);
+    memcpy(&api.url_set, &url_set, sizeof url_set);
+    memcpy(&api.url_cleanup, &url_cleanup, sizeof url_cleanup);
   }
   CURLcode rc = api.global_init(CURL_GLOBAL_DEFAULT);
   if (rc != CURLE_OK) {
@@ -241,6 +249,7 @@ static int sock_close_cb(void *clientp, curl_socket_t fd) {
 
 static void timer_cb(struct timer *t) {
   (void)t;
+  M.timer_asap = false;
   int running;
   cu.multi_socket_action(M.multi, CURL_SOCKET_TIMEOUT, 0, &running);
   check_done();
@@ -250,10 +259,14 @@ static void timer_cb(struct timer *t) {
  * which lets one socket_action start every request added meanwhile. */
 static int timer_fn(CURLM *m, long timeout_ms, void *userp) {
   (void)m, (void)userp;
-  if (timeout_ms < 0)
+  if (timeout_ms < 0) {
     timer_stop(&M.timer);
-  else
+    M.timer_asap = false;
+  } else if (timeout_ms > 0 || !M.timer_asap || !timer_active(&M.timer)) {
+    /* curl asks again for every transfer added: one armed "now" serves all */
     timer_start(&M.timer, (double)timeout_ms / 1000.0, timer_cb);
+    M.timer_asap = timeout_ms == 0;
+  }
   return 0;
 }
 
@@ -288,10 +301,18 @@ CURL *curlm_easy_new(void) {
   return e;
 }
 
-CURLMcode curlm_add(CURL *e, struct xfer *x) {
+void curlm_bind(CURL *e, struct xfer *x) {
   cu.easy_setopt(e, CURLOPT_PRIVATE, (void *)x);
-  x->open_errno = 0;
   cu.easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)x);
+}
+
+CURLMcode curlm_add(CURL *e, struct xfer *x) {
+  curlm_bind(e, x);
+  return curlm_add_bound(e, x);
+}
+
+CURLMcode curlm_add_bound(CURL *e, struct xfer *x) {
+  x->open_errno = 0;
   CURLMcode rc = cu.multi_add_handle(M.multi, e);
   if (rc != CURLM_OK) return rc;
   if (++M.in_flight > M.peak) {
@@ -311,6 +332,7 @@ int curlm_in_flight(void) { return M.in_flight; }
 void curlm_close(void) {
   if (!M.multi) return;
   timer_stop(&M.timer);
+  M.timer_asap = false;
   /* Cleanup closes the idle connections through sock_close_cb. */
   cu.multi_cleanup(M.multi);
   M.multi = NULL;

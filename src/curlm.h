@@ -29,6 +29,11 @@ struct curl_api {
   struct curl_slist *(*slist_append)(struct curl_slist *l, const char *s);
   void (*slist_free_all)(struct curl_slist *l);
   CURLcode (*easy_pause)(CURL *e, int bitmask);
+  /* The URL API (curl >= 7.62), NULL when missing: http.c then sets URLs as
+   * strings. */
+  CURLU *(*url)(void);
+  CURLUcode (*url_set)(CURLU *u, CURLUPart what, const char *part, unsigned int flags);
+  void (*url_cleanup)(CURLU *u);
 };
 extern struct curl_api cu;
 
@@ -48,6 +53,10 @@ bool curlm_start(char *err, size_t errsize);
 CURL *curlm_easy_new(void);
 /* Start a transfer; x must stay valid until done runs or curlm_remove. */
 CURLMcode curlm_add(CURL *e, struct xfer *x);
+/* The same in two steps, for a handle reused with the same x: bind once
+ * (CURLOPT_PRIVATE and the socket callback's data), then add each time. */
+void curlm_bind(CURL *e, struct xfer *x);
+CURLMcode curlm_add_bound(CURL *e, struct xfer *x);
 /* Abort a transfer at once (its connection is closed when incomplete). */
 void curlm_remove(CURL *e);
 int curlm_in_flight(void);

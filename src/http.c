@@ -37,20 +37,40 @@ struct hreq {
    * stack until it resumes, and curl uses the body in place. */
   const char *desc, *method, *url;
   uint64_t t0;
-  int set_flags;  /* HF_FOLLOW | HF_INSECURE as last set on the handle, -1: unknown */
-  bool set_proxy; /* a proxy is set on the handle (else "", none) */
+  /* What is set on the pooled handle, so a request sets only what changed:
+   * every setopt goes through curl's big switch, and some copy a string. */
+  int set_flags;                   /* HF_FOLLOW | HF_INSECURE, -1: unknown */
+  bool set_proxy;                  /* a proxy is set on the handle (else "", none) */
+  bool set_ua;                     /* CURLOPT_USERAGENT is set (with a proxy only) */
+  int set_kind;                    /* K_* of the method setup, -1: unknown */
+  bool set_custom;                 /* a CURLOPT_CUSTOMREQUEST is set */
+  char *set_url;                   /* copy of the URL set, or NULL */
+  CURLU *uh;                       /* set_url parsed, when set as CURLOPT_CURLU */
+  const char *set_fields;          /* CURLOPT_POSTFIELDS as set (K_BODY) */
+  curl_off_t set_fsize;            /* CURLOPT_POSTFIELDSIZE_LARGE as set (K_BODY) */
+  curl_off_t set_maxfile;          /* CURLOPT_MAXFILESIZE_LARGE as set, -1: none */
+  const struct curl_slist *set_hl; /* CURLOPT_HTTPHEADER as set */
   struct buf body, head;
+  struct buf req;    /* a request body built here (atom.rpc), kept with the handle */
   struct hreq *next; /* in the pool */
   char errbuf[CURL_ERROR_SIZE];
 };
 
+/* The method setups of set_method. */
+enum { K_HEAD, K_GET, K_BODY };
+
 static struct hreq *pool;
 static int pool_len;
-/* Shared, never freed while in use. "Expect:" keeps curl from waiting up to
- * 1 s for `100 Continue` before a body of 1 KiB or more (1 MiB in newer
- * curls); a smaller body goes without it: one header less for curl to
- * scan on every request. */
-static struct curl_slist *plain_hdrs, *json_hdrs, *small_plain_hdrs, *small_json_hdrs;
+/* Shared, never freed while in use, by SH_* bits. "Expect:" keeps curl from
+ * waiting up to 1 s for `100 Continue` before a body of 1 KiB or more (1 MiB
+ * in newer curls); a smaller body goes without it: one header less for curl
+ * to scan on every request. The User-Agent is one of these lines rather than
+ * CURLOPT_USERAGENT, which makes curl format "User-Agent: %s" anew for every
+ * request (about 3k instructions); through a proxy the option is used, so
+ * that a tunnel's CONNECT carries it too. */
+enum { SH_JSON = 1, SH_EXPECT = 2, SH_UA = 4 };
+static struct curl_slist *shared_hdrs[8];
+#define USER_AGENT "atomlua/" ATOM_VERSION
 #define EXPECT_MIN 1024
 
 /* Handles kept for reuse; more than that in flight are freed when done. */
@@ -127,11 +147,13 @@ static struct hreq *req_get(void) {
   cu.easy_setopt(r->easy, CURLOPT_HEADERDATA, (void *)r);
   cu.easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
   cu.easy_setopt(r->easy, CURLOPT_NOPROXY, ""); /* ignore $no_proxy as well */
-  cu.easy_setopt(r->easy, CURLOPT_USERAGENT, "atomlua/" ATOM_VERSION);
   cu.easy_setopt(r->easy, CURLOPT_MAXREDIRS, 20L);
+  curlm_bind(r->easy, &r->x);
   r->x.done = NULL;
   r->set_flags = -1;
   r->set_proxy = true; /* unknown: set it on first use */
+  r->set_kind = -1;
+  r->set_maxfile = -1;
   return r;
 }
 
@@ -139,6 +161,16 @@ static void buf_free(struct buf *b) {
   free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
+}
+
+static void req_destroy(struct hreq *r) {
+  cu.easy_cleanup(r->easy);
+  if (r->uh) cu.url_cleanup(r->uh);
+  buf_free(&r->body);
+  buf_free(&r->head);
+  buf_free(&r->req);
+  free(r->set_url);
+  free(r);
 }
 
 static void req_put(struct hreq *r) {
@@ -149,11 +181,9 @@ static void req_put(struct hreq *r) {
   r->body.len = r->head.len = 0;
   if (r->body.cap > KEEP_BUF) buf_free(&r->body);
   if (r->head.cap > KEEP_BUF) buf_free(&r->head);
+  if (r->req.cap > KEEP_BUF) buf_free(&r->req); /* set again before curl reads it */
   if (pool_len >= POOL_MAX) {
-    cu.easy_cleanup(r->easy);
-    buf_free(&r->body);
-    buf_free(&r->head);
-    free(r);
+    req_destroy(r);
     return;
   }
   r->next = pool;
@@ -312,8 +342,8 @@ static void req_cancel(struct wait *w) {
 
 /* Request headers: every key a string, every value a string or number. Checked
  * before anything is allocated, so raising leaks nothing. */
-static void check_headers(lua_State *L, int idx, const char *fname, bool *has_ct,
-                          bool *has_expect) {
+static void check_headers(lua_State *L, int idx, const char *fname, bool *has_ct, bool *has_expect,
+                          bool *has_ua) {
   lua_pushnil(L);
   while (lua_next(L, idx)) { /* [key, value] */
     if (lua_type(L, -2) != LUA_TSTRING) util_argerror(L, 1, fname, "header names must be strings");
@@ -326,6 +356,7 @@ static void check_headers(lua_State *L, int idx, const char *fname, bool *has_ct
     const char *k = lua_tostring(L, -2);
     if (strcasecmp(k, "content-type") == 0) *has_ct = true;
     if (strcasecmp(k, "expect") == 0) *has_expect = true;
+    if (strcasecmp(k, "user-agent") == 0) *has_ua = true;
     lua_pop(L, 1);
   }
 }
@@ -339,13 +370,23 @@ static struct curl_slist *add_header(struct curl_slist *l, lua_State *L, const c
   return n ? n : l;
 }
 
-static struct curl_slist *build_headers(lua_State *L, int idx, bool json, bool has_ct,
-                                        bool has_expect) {
-  struct curl_slist *l = NULL;
+static struct curl_slist *append(struct curl_slist *l, const char *line) {
+  struct curl_slist *n = cu.slist_append(l, line);
+  return n ? n : l;
+}
+
+/* The lines atomlua adds (sh: SH_* bits) before the caller's headers. */
+static struct curl_slist *own_headers(struct curl_slist *l, int sh, bool has_ct) {
   /* curl would wait up to 1 s for `100 Continue` before a large body. */
-  if (!has_expect) l = cu.slist_append(l, "Expect:");
+  if (sh & SH_EXPECT) l = append(l, "Expect:");
   /* Without a type curl would label a body as a form; send none instead. */
-  if (!has_ct) l = cu.slist_append(l, json ? "Content-Type: application/json" : "Content-Type:");
+  if (!has_ct) l = append(l, (sh & SH_JSON) ? "Content-Type: application/json" : "Content-Type:");
+  if (sh & SH_UA) l = append(l, "User-Agent: " USER_AGENT);
+  return l;
+}
+
+static struct curl_slist *build_headers(lua_State *L, int idx, int sh, bool has_ct) {
+  struct curl_slist *l = own_headers(NULL, sh, has_ct);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pushvalue(L, -1); /* tostring on a copy: numbers stay numbers in the table */
@@ -365,24 +406,183 @@ static void set_version(CURL *e, const char *url) {
                  plain ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
 }
 
+/* The method and body setup of a request: its K_* kind, and the
+ * CURLOPT_CUSTOMREQUEST it needs (NULL: none). */
+static int method_kind(const char *method, const char *body, const char **custom) {
+  *custom = method;
+  if (is(method, "HEAD") && !body) {
+    *custom = NULL;
+    return K_HEAD;
+  }
+  if (!body &&
+      (is(method, "GET") || is(method, "DELETE") || is(method, "OPTIONS") || is(method, "TRACE"))) {
+    if (is(method, "GET")) *custom = NULL;
+    return K_GET;
+  }
+  /* a body, or a method that expects one (an empty body: Content-Length: 0) */
+  if (is(method, "POST")) *custom = NULL;
+  return K_BODY;
+}
+
 static void set_method(CURL *e, const char *method, const char *body, size_t blen) {
+  const char *custom;
+  int kind = method_kind(method, body, &custom);
   cu.easy_setopt(e, CURLOPT_NOBODY, 0L);
   cu.easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
   cu.easy_setopt(e, CURLOPT_POSTFIELDS, (void *)NULL);
-  const char *custom = method;
-  if (is(method, "HEAD") && !body) {
+  if (kind == K_HEAD) {
     cu.easy_setopt(e, CURLOPT_NOBODY, 1L);
-    custom = NULL;
-  } else if (!body && (is(method, "GET") || is(method, "DELETE") || is(method, "OPTIONS") ||
-                       is(method, "TRACE"))) {
+  } else if (kind == K_GET) {
     cu.easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    if (is(method, "GET")) custom = NULL;
-  } else { /* a body, or a method that expects one (an empty body: Content-Length: 0) */
+  } else {
     cu.easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
     cu.easy_setopt(e, CURLOPT_POSTFIELDS, (void *)(body ? body : ""));
-    if (is(method, "POST")) custom = NULL;
   }
   cu.easy_setopt(e, CURLOPT_CUSTOMREQUEST, custom);
+}
+
+/* set_method on a pooled handle: what the last request on it set stays
+ * (curl keeps options across transfers), so a stream of POSTs sets only
+ * the body. */
+static void set_method_cached(struct hreq *r, const char *method, const char *body, size_t blen) {
+  const char *custom;
+  int kind = method_kind(method, body, &custom);
+  const char *fields = body ? body : "";
+  if (kind != r->set_kind || kind != K_BODY) {
+    set_method(r->easy, method, body, blen);
+    r->set_kind = kind;
+    r->set_custom = custom != NULL;
+    r->set_fields = kind == K_BODY ? fields : NULL;
+    r->set_fsize = kind == K_BODY ? (curl_off_t)blen : -1;
+    return;
+  }
+  if ((curl_off_t)blen != r->set_fsize) {
+    cu.easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    r->set_fsize = (curl_off_t)blen;
+  }
+  if (fields != r->set_fields) {
+    cu.easy_setopt(r->easy, CURLOPT_POSTFIELDS, (void *)fields);
+    r->set_fields = fields;
+  }
+  if (custom || r->set_custom) {
+    cu.easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, custom);
+    r->set_custom = custom != NULL;
+  }
+}
+
+/* The URL and the HTTP version that goes with it, when they changed. The URL
+ * goes in parsed (CURLOPT_CURLU): given as a string, curl parses it and
+ * prints it back (curl_url_set + curl_url_get, about 10k instructions) for
+ * every transfer; from a CURLU handle it copies the parts. The flags are
+ * those curl parses CURLOPT_URL with; a URL they reject is set as a string,
+ * so that curl fails the transfer as before. */
+static bool set_url_cached(struct hreq *r, const char *url) {
+  if (r->set_url && strcmp(r->set_url, url) == 0) return true;
+  CURL *e = r->easy;
+  free(r->set_url);
+  r->set_url = NULL;
+  if (cu.url && !r->uh) r->uh = cu.url();
+  if (r->uh && cu.url_set(r->uh, CURLUPART_URL, url,
+                          CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK) {
+    /* No URL string: the next transfer takes the URL from the handle (also
+     * after a redirect, or when only the CURLU's contents changed). */
+    cu.easy_setopt(e, CURLOPT_URL, (char *)NULL);
+    cu.easy_setopt(e, CURLOPT_CURLU, r->uh);
+  } else {
+    cu.easy_setopt(e, CURLOPT_CURLU, (CURLU *)NULL);
+    if (cu.easy_setopt(e, CURLOPT_URL, url) != CURLE_OK) return false; /* out of memory */
+  }
+  set_version(e, url);
+  r->set_url = strdup(url); /* NULL: unknown, set again next time */
+  return true;
+}
+
+/* A request, its arguments checked (l_http_perform, l_rpc_call). */
+struct reqargs {
+  const char *fname, *method, *url, *body, *proxy, *desc;
+  size_t blen;
+  int hidx; /* stack index of the headers table, 0: none */
+  double timeout;
+  int flags;
+  int desc_idx; /* stack index of desc */
+  lua_Integer max_body;
+  bool has_ct, has_expect, has_ua; /* in the headers (check_headers) */
+};
+
+/* Start request a on r (from req_get) and suspend the task until it ends;
+ * r goes back to the pool on every path. */
+static int start(lua_State *L, struct task *t, struct hreq *r, struct reqargs *a) {
+  CURL *e = r->easy;
+  bool via_proxy = a->proxy[0] != '\0';
+  int sh = ((a->flags & HF_JSON) ? SH_JSON : 0) | (a->blen >= EXPECT_MIN ? SH_EXPECT : 0) |
+           (via_proxy ? 0 : SH_UA);
+  const struct curl_slist *hl;
+  if (a->hidx) { /* "Expect:" whatever the size, as before (unless given) */
+    sh = (sh & ~SH_EXPECT) | (a->has_expect ? 0 : SH_EXPECT);
+    if (a->has_ua) sh &= ~SH_UA;
+    hl = r->hdrs = build_headers(L, a->hidx, sh, a->has_ct);
+  } else {
+    struct curl_slist **l = &shared_hdrs[sh];
+    if (!*l) *l = own_headers(NULL, sh, false);
+    hl = *l;
+  }
+  if (hl != r->set_hl) {
+    cu.easy_setopt(e, CURLOPT_HTTPHEADER, hl);
+    r->set_hl = hl;
+  }
+  if (!set_url_cached(r, a->url)) {
+    req_put(r);
+    return util_error(L, "http", "%s: out of memory", a->desc);
+  }
+  set_method_cached(r, a->method, a->body, a->blen);
+  /* Options kept on the pooled handle are set only when they change. */
+  int opt_flags = a->flags & (HF_FOLLOW | HF_INSECURE);
+  if (opt_flags != r->set_flags) {
+    cu.easy_setopt(e, CURLOPT_FOLLOWLOCATION, (a->flags & HF_FOLLOW) ? 1L : 0L);
+    long verify = (a->flags & HF_INSECURE) ? 0L : 1L;
+    cu.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify);
+    cu.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+    r->set_flags = opt_flags;
+  }
+  if (via_proxy || r->set_proxy) {
+    cu.easy_setopt(e, CURLOPT_PROXY, a->proxy); /* "": no proxy, whatever the environment says */
+    r->set_proxy = via_proxy;
+  }
+  if (via_proxy != r->set_ua) {
+    cu.easy_setopt(e, CURLOPT_USERAGENT, via_proxy ? USER_AGENT : NULL);
+    r->set_ua = via_proxy;
+  }
+  r->errbuf[0] = '\0';
+  r->max_body = (size_t)a->max_body;
+  r->too_large = NULL;
+  /* Abort before the first byte when Content-Length says too much. */
+  if ((curl_off_t)a->max_body != r->set_maxfile) {
+    cu.easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)a->max_body);
+    r->set_maxfile = (curl_off_t)a->max_body;
+  }
+  r->want_headers = (a->flags & HF_HEADERS) != 0;
+  r->task = t;
+  r->desc = a->desc;
+  r->method = a->method;
+  r->url = a->url;
+  r->t0 = uv_hrtime();
+  r->w = (struct wait){.cancel = req_cancel, .what = "http request"};
+  r->x.done = req_done;
+  CURLMcode mc = curlm_add_bound(e, &r->x);
+  if (mc != CURLM_OK) {
+    req_put(r);
+    return util_error(L, "http", "%s: %s", a->desc, cu.multi_strerror(mc));
+  }
+  return sched_wait(L, &r->w, a->timeout, a->desc_idx);
+}
+
+/* curl and a pooled handle, or raise. */
+static struct hreq *get_handle(lua_State *L, const char *desc) {
+  char err[256];
+  if (!curlm_start(err, sizeof err)) util_error(L, "http", "%s: %s", desc, err);
+  struct hreq *r = req_get();
+  if (!r) util_error(L, "http", "%s: out of memory", desc);
+  return r;
 }
 
 /* _atom.http_perform(fname, method, url, headers|nil, body|nil, timeout, flags,
@@ -391,75 +591,67 @@ static void set_method(CURL *e, const char *method, const char *body, size_t ble
  * names the operation in errors ("GET http://..."). Arguments are checked by
  * the Lua callers, except header contents. */
 static int l_http_perform(lua_State *L) {
-  const char *fname = luaL_checkstring(L, 1);
-  struct task *t = sched_enter(L, fname);
-  const char *method = luaL_checkstring(L, 2);
-  const char *url = luaL_checkstring(L, 3);
-  bool has_headers = lua_type(L, 4) == LUA_TTABLE;
-  size_t blen = 0;
-  const char *body = lua_isnil(L, 5) ? NULL : luaL_checklstring(L, 5, &blen);
-  double timeout = luaL_checknumber(L, 6);
-  lua_Integer flags = luaL_checkinteger(L, 7);
-  const char *proxy = luaL_optstring(L, 8, "");
-  const char *desc = luaL_checkstring(L, 9);
-  lua_Integer max_body = luaL_optinteger(L, 10, DEFAULT_MAX_BODY);
-  if (max_body < 0) max_body = 0;
-  bool has_ct = false, has_expect = false;
-  if (has_headers) check_headers(L, 4, fname, &has_ct, &has_expect);
+  struct reqargs a = {0};
+  a.fname = luaL_checkstring(L, 1);
+  struct task *t = sched_enter(L, a.fname);
+  a.method = luaL_checkstring(L, 2);
+  a.url = luaL_checkstring(L, 3);
+  a.hidx = lua_type(L, 4) == LUA_TTABLE ? 4 : 0;
+  a.body = lua_isnil(L, 5) ? NULL : luaL_checklstring(L, 5, &a.blen);
+  a.timeout = luaL_checknumber(L, 6);
+  a.flags = (int)luaL_checkinteger(L, 7);
+  a.proxy = luaL_optstring(L, 8, "");
+  a.desc = luaL_checkstring(L, 9);
+  a.desc_idx = 9;
+  a.max_body = luaL_optinteger(L, 10, DEFAULT_MAX_BODY);
+  if (a.max_body < 0) a.max_body = 0;
+  if (a.hidx) check_headers(L, a.hidx, a.fname, &a.has_ct, &a.has_expect, &a.has_ua);
+  struct hreq *r = get_handle(L, a.desc);
+  return start(L, t, r, &a);
+}
 
-  char err[256];
-  if (!curlm_start(err, sizeof err)) return util_error(L, "http", "%s: %s", desc, err);
-  struct hreq *r = req_get();
-  if (!r) return util_error(L, "http", "%s: out of memory", desc);
-  CURL *e = r->easy;
-  bool json = (flags & HF_JSON) != 0;
-  if (has_headers) {
-    r->hdrs = build_headers(L, 4, json, has_ct, has_expect);
-    cu.easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
-  } else {
-    struct curl_slist **l = blen < EXPECT_MIN ? (json ? &small_json_hdrs : &small_plain_hdrs)
-                                              : (json ? &json_hdrs : &plain_hdrs);
-    if (!*l) {
-      const char *ct = json ? "Content-Type: application/json" : "Content-Type:";
-      *l = cu.slist_append(blen < EXPECT_MIN ? NULL : cu.slist_append(NULL, "Expect:"), ct);
-    }
-    cu.easy_setopt(e, CURLOPT_HTTPHEADER, *l);
-  }
-  cu.easy_setopt(e, CURLOPT_URL, url);
-  set_version(e, url);
-  set_method(e, method, body, blen);
-  /* Options kept on the pooled handle are set only when they change. */
-  int opt_flags = (int)(flags & (HF_FOLLOW | HF_INSECURE));
-  if (opt_flags != r->set_flags) {
-    cu.easy_setopt(e, CURLOPT_FOLLOWLOCATION, (flags & HF_FOLLOW) ? 1L : 0L);
-    long verify = (flags & HF_INSECURE) ? 0L : 1L;
-    cu.easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify);
-    cu.easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
-    r->set_flags = opt_flags;
-  }
-  if (proxy[0] || r->set_proxy) {
-    cu.easy_setopt(e, CURLOPT_PROXY, proxy); /* "": no proxy, whatever the environment says */
-    r->set_proxy = proxy[0] != '\0';
-  }
-  r->errbuf[0] = '\0';
-  r->max_body = (size_t)max_body;
-  r->too_large = NULL;
-  /* Abort before the first byte when Content-Length says too much. */
-  cu.easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
-  r->want_headers = (flags & HF_HEADERS) != 0;
-  r->task = t;
-  r->desc = desc;
-  r->method = method;
-  r->url = url;
-  r->t0 = uv_hrtime();
-  r->w = (struct wait){.cancel = req_cancel, .what = "http request"};
-  r->x.done = req_done;
-  CURLMcode mc = curlm_add(e, &r->x);
-  if (mc != CURLM_OK) {
+/* _atom.rpc_call(url, method_json, params_json|nil, timeout, headers|nil,
+ * flags, proxy|nil, desc, id) -> status, body, nil, duration: atom.rpc's
+ * POST (lua/atom/rpc.lua checks the arguments), its body
+ * {"jsonrpc":"2.0","id":<id>,"method":<method_json>[,"params":<params_json>]}
+ * built into the handle's own buffer rather than a Lua string. */
+static int l_rpc_call(lua_State *L) {
+  struct reqargs a = {0};
+  a.fname = "rpc";
+  struct task *t = sched_enter(L, a.fname);
+  a.method = "POST";
+  a.url = luaL_checkstring(L, 1);
+  size_t mlen, plen = 0;
+  const char *mjson = luaL_checklstring(L, 2, &mlen);
+  const char *pjson = lua_isnil(L, 3) ? NULL : luaL_checklstring(L, 3, &plen);
+  a.timeout = luaL_checknumber(L, 4);
+  a.hidx = lua_type(L, 5) == LUA_TTABLE ? 5 : 0;
+  a.flags = (int)luaL_checkinteger(L, 6);
+  a.proxy = luaL_optstring(L, 7, "");
+  a.desc = luaL_checkstring(L, 8);
+  a.desc_idx = 8;
+  lua_Integer id = luaL_checkinteger(L, 9);
+  a.max_body = DEFAULT_MAX_BODY;
+  if (a.hidx) check_headers(L, a.hidx, a.fname, &a.has_ct, &a.has_expect, &a.has_ua);
+  struct hreq *r = get_handle(L, a.desc);
+  char ids[24], *ide = ids + sizeof ids, *idp = ide; /* as tostring(id), without snprintf */
+  lua_Unsigned u = id < 0 ? 0u - (lua_Unsigned)id : (lua_Unsigned)id;
+  do *--idp = (char)('0' + u % 10);
+  while (u /= 10);
+  if (id < 0) *--idp = '-';
+  struct buf *b = &r->req;
+  b->len = 0;
+  bool ok =
+      buf_add(b, "{\"jsonrpc\":\"2.0\",\"id\":", 22) && buf_add(b, idp, (size_t)(ide - idp)) &&
+      buf_add(b, ",\"method\":", 10) && buf_add(b, mjson, mlen) &&
+      (!pjson || (buf_add(b, ",\"params\":", 10) && buf_add(b, pjson, plen))) && buf_add(b, "}", 1);
+  if (!ok) {
     req_put(r);
-    return util_error(L, "http", "%s: %s", desc, cu.multi_strerror(mc));
+    return util_error(L, "http", "%s: out of memory", a.desc);
   }
-  return sched_wait(L, &r->w, timeout, 9);
+  a.body = b->p;
+  a.blen = b->len;
+  return start(L, t, r, &a);
 }
 
 /* End of a run (sched_on_run_end): close the idle connections so that no
@@ -472,10 +664,7 @@ static void http_run_end(lua_State *L) {
   while (pool) {
     struct hreq *r = pool;
     pool = r->next;
-    cu.easy_cleanup(r->easy);
-    buf_free(&r->body);
-    buf_free(&r->head);
-    free(r);
+    req_destroy(r);
   }
   pool_len = 0;
   grpc_release();
@@ -484,7 +673,8 @@ static void http_run_end(lua_State *L) {
 /* }==== */
 
 /* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
-const luaL_Reg http_lib[] = {{"http_perform", l_http_perform}, {NULL, NULL}};
+const luaL_Reg http_lib[] = {
+    {"http_perform", l_http_perform}, {"rpc_call", l_rpc_call}, {NULL, NULL}};
 
 void http_register(lua_State *L) {
   (void)L;
@@ -507,13 +697,13 @@ const char *http_cause_of(const struct xfer *x, const char *errbuf, CURLcode rc)
 struct curl_slist *http_setup(lua_State *L, CURL *e, int hidx, const char *method, const char *url,
                               const char *body, size_t blen, int flags, const char *proxy,
                               const char *fname) {
-  bool has_ct = false, has_expect = false, json = (flags & HF_JSON) != 0;
+  bool has_ct = false, has_expect = false, has_ua = false;
+  int sh = (flags & HF_JSON) ? SH_JSON : 0;
   bool has_headers = lua_type(L, hidx) == LUA_TTABLE;
-  if (has_headers) check_headers(L, hidx, fname, &has_ct, &has_expect);
-  struct curl_slist *l =
-      has_headers ? build_headers(L, hidx, json, has_ct, has_expect)
-                  : cu.slist_append(cu.slist_append(NULL, "Expect:"),
-                                    json ? "Content-Type: application/json" : "Content-Type:");
+  if (has_headers) check_headers(L, hidx, fname, &has_ct, &has_expect, &has_ua);
+  struct curl_slist *l = has_headers
+                             ? build_headers(L, hidx, sh | (has_expect ? 0 : SH_EXPECT), has_ct)
+                             : own_headers(NULL, sh | SH_EXPECT, false);
   cu.easy_setopt(e, CURLOPT_HTTPHEADER, l);
   cu.easy_setopt(e, CURLOPT_URL, url);
   set_version(e, url);

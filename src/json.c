@@ -4,6 +4,7 @@
  * raised error never leaks it. lua/atom/json.lua builds the public atom.json
  * table on the `_atom.json_*` functions registered here. */
 #include <math.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@ struct dec {
   lua_State *L;
   const char *s, *p, *end;
   int depth;
+  jmp_buf *soft; /* set: a decode error jumps there instead of raising */
 };
 
 /* Raise kind json "decode: <what> at position N<tail>" (a 1-based byte
@@ -38,6 +40,7 @@ struct dec {
  * stack, so unwinding frees it. */
 JSON_NORETURN static void dec_raise(struct dec *d, const char *at, const char *what,
                                     const char *tail) {
+  if (d->soft) longjmp(*d->soft, 1);
   lua_State *L = d->L;
   lua_Integer pos = (lua_Integer)(at - d->s) + 1;
   util_push_error(L, "json", "%s",
@@ -54,6 +57,7 @@ JSON_NORETURN static void dec_fail(struct dec *d, const char *at, const char *wh
 
 /* "decode: expected X at position N, got Y". */
 JSON_NORETURN static void dec_expected(struct dec *d, const char *at, const char *what) {
+  if (d->soft) longjmp(*d->soft, 1);
   char got[24];
   unsigned char c = at < d->end ? (unsigned char)*at : 0;
   if (at >= d->end)
@@ -404,11 +408,80 @@ static int l_json_decode(lua_State *L) {
   if (lua_type(L, 1) != LUA_TSTRING) return util_typeerror(L, 1, "decode", "string");
   size_t len;
   const char *s = lua_tolstring(L, 1, &len);
-  struct dec d = {L, s, s, s + len, 0};
+  struct dec d = {L, s, s, s + len, 0, NULL};
   lua_settop(L, 1);
   dec_value(&d);
   dec_ws(&d);
   if (d.p < d.end) dec_expected(&d, d.p, "end of input");
+  return 1;
+}
+
+/* _atom.json_rpc_result(s) -> true, result | false, nil: the common case
+ * of a JSON-RPC reply over HTTP, for lua/atom/rpc.lua. An object whose
+ * "result" member is decoded onto the stack while the other members are
+ * decoded and dropped: no table for the document, no Lua strings for its
+ * keys. Anything else (not a string or an object, a key with an escape, an
+ * "error" member other than null, no "result", a decode error, trailing
+ * bytes) gives false, and the caller decodes the whole reply as before to
+ * say what is wrong with it. Members repeat as for json_decode: the last
+ * one wins. A decode error jumps back here (only our own frames are in
+ * between: the Lua API calls of the decoder have returned when it raises)
+ * rather than raising, so no pcall is needed; memory errors still raise. */
+static int l_json_rpc_result(lua_State *L) {
+  size_t len;
+  if (lua_type(L, 1) != LUA_TSTRING) goto other;
+  const char *s = lua_tolstring(L, 1, &len);
+  jmp_buf soft;
+  struct dec d = {L, s, s, s + len, 1, &soft}; /* inside the top-level object */
+  lua_settop(L, 1);
+  lua_pushnil(L); /* 2: the result */
+  if (setjmp(soft)) goto other;
+  bool has_result = false, has_error = false;
+  dec_ws(&d);
+  if (d.p >= d.end || *d.p != '{') goto other;
+  d.p++;
+  dec_ws(&d);
+  if (d.p < d.end && *d.p == '}') {
+    d.p++;
+  } else {
+    for (;;) {
+      if (d.p >= d.end || *d.p != '"') goto other;
+      const char *k = ++d.p, *q = k;
+      while (q < d.end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20) q++;
+      if (q >= d.end || *q != '"') goto other;
+      size_t klen = (size_t)(q - k);
+      d.p = q + 1;
+      dec_ws(&d);
+      if (d.p >= d.end || *d.p != ':') goto other;
+      d.p++;
+      dec_value(&d);
+      if (klen == 6 && memcmp(k, "result", 6) == 0) {
+        lua_replace(L, 2);
+        has_result = true;
+      } else {
+        if (klen == 5 && memcmp(k, "error", 5) == 0)
+          has_error = !(lua_type(L, -1) == LUA_TLIGHTUSERDATA && !lua_touserdata(L, -1));
+        lua_pop(L, 1);
+      }
+      dec_ws(&d);
+      if (d.p < d.end && *d.p == ',') {
+        d.p++;
+        dec_ws(&d);
+        continue;
+      }
+      if (d.p < d.end && *d.p == '}') break;
+      goto other;
+    }
+    d.p++;
+  }
+  dec_ws(&d);
+  if (d.p < d.end || !has_result || has_error) goto other;
+  lua_pushboolean(L, 1);
+  lua_insert(L, 2);
+  return 2;
+other:
+  lua_settop(L, 1); /* also what an abandoned decode left (a string buffer) */
+  lua_pushboolean(L, 0);
   return 1;
 }
 
@@ -839,6 +912,7 @@ static int l_json_array(lua_State *L) {
 const luaL_Reg json_lib[] = {{"json_encode", l_json_encode},
                              {"json_decode", l_json_decode},
                              {"json_array", l_json_array},
+                             {"json_rpc_result", l_json_rpc_result},
                              {NULL, NULL}};
 
 void json_register(lua_State *L) {

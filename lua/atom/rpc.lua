@@ -7,7 +7,7 @@ local errors = require "atom.errors"
 local events = require "atom.events"
 local http = require "atom.http"
 
-local perform, now = _atom.http_perform, _atom.now
+local perform, rpc_call, rpc_result, now = _atom.http_perform, _atom.rpc_call, _atom.json_rpc_result, _atom.now
 local encode, decode = _atom.json_encode, _atom.json_decode
 local argerror, quote = errors.argerror, http._quote
 local concat = table.concat
@@ -143,11 +143,15 @@ end
 -- "last RPC" (private _request/_response event fields; no copies made).
 local last_request, last_reply
 
--- Run fn(...) emitting an rpc event when someone listens.
+-- Whether a call emits an rpc event. Without --events, rpc events serve
+-- only a failed test's "last RPC": outside tests nobody reads them, so none
+-- is built.
+local function traced()
+  return events.active("rpc") and not (events.wanted and not _atom.owner_scope())
+end
+
+-- Run fn(...) emitting an rpc event.
 local function with_event(url, method, fn, ...)
-  -- Without --events, rpc events serve only a failed test's "last RPC":
-  -- outside tests nobody reads them, so none is built.
-  if not events.active("rpc") or (events.wanted and not _atom.owner_scope()) then return fn(...) end
   local t0 = now()
   last_request, last_reply = nil, nil
   local res = table.pack(pcall(fn, ...))
@@ -164,12 +168,8 @@ local function with_event(url, method, fn, ...)
   return table.unpack(res, 2, res.n)
 end
 
-local function call(url, method, params, timeout, headers, flags, proxy)
-  last_id = last_id + 1
-  local body = request_json(last_id, method, params)
-  last_request = body
-  local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy, desc_of(url, method))
-  last_reply = rbody
+-- The result of a call's reply, or the error it stands for.
+local function reply_result(url, method, status, rbody)
   local ok, doc = pcall(decode, rbody)
   if not ok or type(doc) ~= "table" then bad_reply(url, method, not_json(ok, doc), status, rbody) end
   -- Over HTTP the reply belongs to this request, so its id is not checked
@@ -179,6 +179,30 @@ local function call(url, method, params, timeout, headers, flags, proxy)
   local result = doc.result
   if result == nil then bad_reply(url, method, "reply is not JSON-RPC", status, rbody) end
   return result
+end
+
+-- One call: the request body is built in C (src/http.c) and a reply of the
+-- usual shape gives its result without a table for the document
+-- (src/json.c); any other reply goes through reply_result.
+local function call(url, method, em, params, timeout, headers, flags, proxy)
+  last_id = last_id + 1
+  local per = descs[url]
+  local status, rbody = rpc_call(url, em, params, timeout, headers, flags, proxy,
+    per and per[method] or desc_of(url, method), last_id)
+  local ok, result = rpc_result(rbody)
+  if ok then return result end
+  return reply_result(url, method, status, rbody)
+end
+
+-- The same call for with_event: the same request, built in Lua and kept
+-- with the reply for the event.
+local function call_traced(url, method, params, timeout, headers, flags, proxy)
+  last_id = last_id + 1
+  local body = request_json(last_id, method, params)
+  last_request = body
+  local status, rbody = perform("rpc", "POST", url, headers, body, timeout, flags, proxy, desc_of(url, method))
+  last_reply = rbody
+  return reply_result(url, method, status, rbody)
 end
 
 --- Call `method` at `url` (JSON-RPC 2.0 over HTTP POST) and return its result
@@ -191,13 +215,23 @@ end
 ---@param opts? number|{timeout?: number, headers?: table, follow?: boolean, proxy?: string, insecure?: boolean}
 ---@return any
 function M.rpc(url, method, params, opts)
-  check_url("rpc", url)
-  if type(method) ~= "string" then
-    argerror(2, "rpc", "string expected, got " .. (method == nil and "no value" or type(method)))
+  -- The common case (the last URL, a known method, no params, no options)
+  -- checked inline: this runs once per call.
+  if url ~= checked_url then check_url("rpc", url) end
+  local em = method_cache[method] -- only strings get there
+  if em == nil then
+    if type(method) ~= "string" then
+      argerror(2, "rpc", "string expected, got " .. (method == nil and "no value" or type(method)))
+    end
+    em = encode_method(method)
   end
-  local p = encode_params("rpc", 3, params)
-  local timeout, headers, flags, proxy = parse_opts("rpc", 4, opts)
-  return with_event(url, method, call, url, method, p, timeout, headers, flags, proxy)
+  local p = params ~= nil and encode_params("rpc", 3, params) or nil
+  local timeout, headers, flags, proxy = DEFAULT_TIMEOUT, nil, HF_JSON, nil
+  if opts ~= nil then timeout, headers, flags, proxy = parse_opts("rpc", 4, opts) end
+  if traced() then
+    return with_event(url, method, call_traced, url, method, p, timeout, headers, flags, proxy)
+  end
+  return call(url, method, em, p, timeout, headers, flags, proxy)
 end
 
 local function call_batch(url, n, methods, body, ids, timeout, headers, flags, proxy)
@@ -254,7 +288,10 @@ function M.rpc_batch(url, calls, opts)
   end
   local timeout, headers, flags, proxy = parse_opts("rpc_batch", 3, opts)
   local body = "[" .. concat(parts, ",") .. "]"
-  return with_event(url, "batch", call_batch, url, n, methods, body, ids, timeout, headers, flags, proxy)
+  if traced() then
+    return with_event(url, "batch", call_batch, url, n, methods, body, ids, timeout, headers, flags, proxy)
+  end
+  return call_batch(url, n, methods, body, ids, timeout, headers, flags, proxy)
 end
 
 return M
