@@ -113,6 +113,24 @@ describe("tasks", function()
     end)
   end)
 
+  it("a group anchors every finished member until popped, whatever the order and the window", function()
+    run(function()
+      math.randomseed(7)
+      local fns = {}
+      for i = 1, 300 do
+        local d = math.random() * U
+        fns[i] = function() atom.sleep(d) collectgarbage() return i end
+      end
+      local r = atom.gather(fns)
+      for i = 1, 300 do assert.equals(i, r[i]) end
+      local items = {}
+      for i = 1, 500 do items[i] = i end
+      local m = atom.map(items, function(x) atom.sleep(math.random() * U / 4) collectgarbage("step") return x * 2 end,
+                         { concurrency = 7 })
+      for i = 1, 500 do assert.equals(2 * i, m[i]) end
+    end)
+  end)
+
   it("timeout raises kind timeout and does not cancel the caller", function()
     run(function()
       local ok, err = pcall(atom.timeout, U, function() atom.sleep(10) end)

@@ -798,7 +798,7 @@ static void settle(struct task *t, int nres, bool ok) {
     lua_getiuservalue(L, -1, UV_GROUP);
     lua_getiuservalue(L, -1, 1);
     lua_pushvalue(L, -3);
-    lua_rawseti(L, -2, ++t->group->anchored_in);
+    lua_rawseti(L, -2, group_slot(t->group, ++t->group->anchored_in));
     lua_pop(L, 3);
   }
   int ref = t->ref;

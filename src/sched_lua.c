@@ -22,6 +22,8 @@ static struct group *check_group(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, "atom.group");
 }
 
+static void grow_ring(lua_State *L, int gi, struct group *g);
+
 /* _atom.spawn(group|nil, name|nil, flags, deadline|nil, fn, ...) -> task */
 static int l_spawn(lua_State *L) {
   struct group *g = lua_isnil(L, 1) ? NULL : check_group(L, 1);
@@ -49,12 +51,9 @@ static int l_spawn(lua_State *L) {
     g->running++;
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, UV_GROUP);
-    /* A slot for the g->spawned-th member to finish, made now: a task's end
-     * (sched.c) only fills it and allocates nothing, out of memory too. */
-    lua_getiuservalue(L, 1, 1);
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, -2, g->spawned);
-    lua_pop(L, 1);
+    /* Room for every member not yet popped, made now: a task's end
+     * (sched.c) only fills its slot and allocates nothing, out of memory too. */
+    if (g->spawned - g->anchored_out > g->ring) grow_ring(L, 1, g);
   }
   if (deadline >= 0) {
     t->deadline_secs = deadline;
@@ -209,6 +208,27 @@ static int l_error_of(lua_State *L) {
 /* {==== Lua bindings: groups (the structured waits of gather, race, map,
  * timeout, shield, tests) ==== */
 
+/* Double the ring of the group at gi (task.h), keeping each anchored member
+ * at its slot for the new size; every slot exists (false when free). */
+static void grow_ring(lua_State *L, int gi, struct group *g) {
+  lua_Integer old = g->ring, ring = old ? old * 2 : 8;
+  lua_getiuservalue(L, gi, 1);
+  lua_createtable(L, (int)ring, 0);
+  for (lua_Integer i = 1; i <= ring; i++) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, i);
+  }
+  struct group bigger = *g;
+  bigger.ring = ring;
+  for (lua_Integer k = g->anchored_out + 1; k <= g->anchored_in; k++) {
+    lua_rawgeti(L, -2, group_slot(g, k));
+    lua_rawseti(L, -2, group_slot(&bigger, k));
+  }
+  lua_setiuservalue(L, gi, 1);
+  lua_pop(L, 1);
+  g->ring = ring;
+}
+
 static int l_group(lua_State *L) {
   struct group *g = lua_newuserdatauv(L, sizeof *g, 1);
   memset(g, 0, sizeof *g);
@@ -237,9 +257,9 @@ static int group_pop(lua_State *L, struct group *g, bool lazy) {
   lua_pushstring(L, sched_status_names[t->status]);
   /* Finished members are anchored in done order (sched.c): this is the first. */
   lua_getiuservalue(L, 1, 1);
-  lua_Integer k = ++g->anchored_out;
+  lua_Integer k = group_slot(g, ++g->anchored_out);
   lua_rawgeti(L, -1, k);
-  lua_pushnil(L);
+  lua_pushboolean(L, 0);
   lua_rawseti(L, -3, k);
   lua_remove(L, -2); /* [index, status, ud] */
   if (t->lazy_cancel && lazy) {

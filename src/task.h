@@ -54,10 +54,19 @@ struct task {
 
 struct group {
   int running, spawned;
+  /* Finished members not yet popped are anchored, in finish order, in a ring
+   * of slots (the group's uservalue table, keys 1..ring): the k-th to finish
+   * sits at group_slot(g, k). Sliding integer keys would make Lua rehash the
+   * table on every insert. */
   lua_Integer anchored_in, anchored_out; /* ends of the queue of finished members */
+  lua_Integer ring;                      /* a power of two >= spawned - anchored_out */
   struct task *done_head, *done_tail;
   struct wait *waiting; /* the owner's wait in group_next, or NULL */
 };
+
+static inline lua_Integer group_slot(const struct group *g, lua_Integer k) {
+  return ((k - 1) & (g->ring - 1)) + 1;
+}
 
 struct joiner {
   struct wait w;
