@@ -23,7 +23,7 @@
  *  7. A task cancelled before it first ran never runs.
  *  8. A finished task's outcome never changes; joiners and groups are told
  *     exactly once. */
-#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +34,18 @@
 const char *const sched_status_names[] = {"running", "running", "done", "failed", "cancelled"};
 struct sched_state sched_state = {
     .handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
+const char sched_task_mt = 0, sched_group_mt = 0;
 
 /* Preemption (preempt_check, on watch.c's thread): the task running too
- * long while a deadline is overdue yields from a count hook. */
-static pthread_mutex_t running_lock = PTHREAD_MUTEX_INITIALIZER;
-static lua_State *volatile running_co;
-static volatile uint64_t running_since;
+ * long while a deadline is overdue yields from a count hook. A resume only
+ * publishes the coroutine and counts itself (no lock, no clock): the watch
+ * thread times a resume by seeing the same count in its checks. `hooking`
+ * and running_co, both seq_cst, form a Dekker pair: the hook is set only on
+ * a coroutine still in its resume, and the resume loop waits for it before
+ * it clears the hook (so never on a finished or freed coroutine). */
+static _Atomic(lua_State *) running_co;
+static _Atomic uint64_t resume_seq; /* resumes begun (written by the loop's thread only) */
+static atomic_bool hooking;
 static volatile bool preempted;
 
 void sched_cancel_tree(lua_State *L, struct task *t, int reason, bool force);
@@ -431,6 +437,18 @@ static int body_finish_k(lua_State *L, int status, lua_KContext ctx) {
   /* [handler, results...] or [handler, error] */
   lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
   lua_replace(L, 1);
+  /* Nothing for finish to do (no child, no notes: no defers; not an owner):
+   * it would return ok, results... as they are (its early return). */
+  struct task *t = sched_current(L);
+  if (t && !t->child_head && !(t->flags & (TF_OWNER | TF_ROOT))) {
+    sched_push_ud(L, t);
+    bool notes = lua_getiuservalue(L, -1, UV_EXTRA) != LUA_TNIL;
+    lua_pop(L, 2);
+    if (!notes) {
+      t->returned = true; /* as end_children */
+      return lua_gettop(L);
+    }
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, sched_state.finish_ref);
   lua_insert(L, 1); /* [finish, ok, results...] */
   lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, body_done_k);
@@ -454,7 +472,8 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   t->ref = LUA_NOREF;
   timer_init(&t->wait_timer);
   timer_init(&t->phase);
-  luaL_setmetatable(L, "atom.task");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_task_mt);
+  lua_setmetatable(L, -2);
   t->flags = flags;
   t->grace_secs = parent ? parent->grace_secs : sched_state.default_grace;
   lua_State *co = lua_newthread(L); /* [fn, args, ud, co] */
@@ -763,15 +782,30 @@ static void preempt_hook(lua_State *L, lua_Debug *ar) {
   lua_yield(L, 0);
 }
 
-/* Preempt a resume running for over `ms` (from the preemption thread). */
-static bool preempt_if_running_longer(uint64_t ms) {
+/* The watch thread's view of the resume in progress: its count, and the
+ * first check that saw it running (no later than it began to run). */
+static uint64_t seen_seq;
+static uint64_t seen_since;
+
+/* Preempt a resume running for over `ms` (from the preemption thread);
+ * called on every check, so that it can time the resume. */
+static bool preempt_if_running_longer(uint64_t ms, bool due) {
+  uint64_t now = uv_hrtime();
+  lua_State *co = atomic_load(&running_co);
+  uint64_t seq = co ? atomic_load(&resume_seq) : 0;
+  if (!co || seq != seen_seq) {
+    seen_seq = seq;
+    seen_since = now;
+    return false;
+  }
+  if (!due || now - seen_since < ms * 1000000ull) return false;
   bool done = false;
-  pthread_mutex_lock(&running_lock);
-  if (running_co && uv_hrtime() - running_since > ms * 1000000ull) {
-    lua_sethook(running_co, preempt_hook, LUA_MASKCOUNT, 1000);
+  atomic_store(&hooking, true);
+  if (atomic_load(&running_co) == co && atomic_load(&resume_seq) == seq) {
+    lua_sethook(co, preempt_hook, LUA_MASKCOUNT, 1000);
     done = true;
   }
-  pthread_mutex_unlock(&running_lock);
+  atomic_store(&hooking, false);
   return done;
 }
 
@@ -793,14 +827,12 @@ static void run_task(struct task *t) {
   t->started = true;
   if (t->status == T_NEW) t->status = T_RUNNING;
   sched_state.current = t;
-  pthread_mutex_lock(&running_lock);
-  running_co = co;
-  running_since = uv_hrtime();
-  pthread_mutex_unlock(&running_lock);
+  atomic_store_explicit(&resume_seq, atomic_load_explicit(&resume_seq, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+  atomic_store_explicit(&running_co, co, memory_order_release);
   int st = lua_resume(co, sched_state.L, nargs, &nres);
-  pthread_mutex_lock(&running_lock);
-  running_co = NULL;
-  pthread_mutex_unlock(&running_lock);
+  atomic_store(&running_co, NULL);
+  while (atomic_load(&hooking)) continue; /* the watch thread is setting a hook on co */
   lua_sethook(co, NULL, 0, 0);
   sched_state.current = NULL;
   /* Out of memory: whatever raised it, the file stops here (mem.c). */
@@ -844,7 +876,7 @@ void sched_set_urgent(void) { urgent = true; }
 static void preempt_check(void) {
   uint64_t due = timer_next_due();
   bool overdue = due != UINT64_MAX && uv_hrtime() > due + 50 * 1000000ull;
-  if (overdue || urgent) preempt_if_running_longer(100);
+  preempt_if_running_longer(100, overdue || urgent);
 }
 
 static void drain(void) {

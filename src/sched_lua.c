@@ -12,14 +12,26 @@
 
 static void deadline_cb(struct timer *tm);
 
+/* luaL_testudata with the metatable found by address (sched_task_mt). */
+static void *test_udata(lua_State *L, int idx, const char *key) {
+  void *p = lua_touserdata(L, idx);
+  if (!p || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  if (!lua_rawequal(L, -1, -2)) p = NULL;
+  lua_pop(L, 2);
+  return p;
+}
+
 static struct task *check_task(lua_State *L, int idx, const char *fname) {
-  struct task *t = luaL_testudata(L, idx, "atom.task");
+  struct task *t = test_udata(L, idx, &sched_task_mt);
   if (!t) util_typeerror(L, idx, fname, "task");
   return t;
 }
 
 static struct group *check_group(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, "atom.group");
+  struct group *g = test_udata(L, idx, &sched_group_mt);
+  if (!g) luaL_typeerror(L, idx, "atom.group");
+  return g;
 }
 
 /* _atom.spawn(group|nil, name|nil, flags, deadline|nil, fn, ...) -> task */
@@ -213,7 +225,8 @@ static int l_group(lua_State *L) {
   memset(g, 0, sizeof *g);
   lua_newtable(L); /* anchors the members: their pointers sit in done lists */
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, "atom.group");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_group_mt);
+  lua_setmetatable(L, -2);
   return 1;
 }
 
@@ -661,9 +674,9 @@ void sched_register(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_task_tostring);
   lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_task_mt);
   luaL_newmetatable(L, "atom.group");
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_group_mt);
 }
 
 /* }==== */
