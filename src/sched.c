@@ -34,7 +34,7 @@
 const char *const sched_status_names[] = {"running", "running", "done", "failed", "cancelled"};
 struct sched_state sched_state = {
     .handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
-const char sched_task_mt = 0, sched_group_mt = 0;
+const char sched_task_mt = 0;
 
 /* Preemption (preempt_check, on watch.c's thread): the task running too
  * long while a deadline is overdue yields from a count hook. A resume only

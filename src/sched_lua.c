@@ -28,10 +28,17 @@ static struct task *check_task(lua_State *L, int idx, const char *fname) {
   return t;
 }
 
+/* The `_atom` functions have the group metatable as upvalue 1
+ * (sched_register): no lookup on the hot path of spawn and group_next. */
 static struct group *check_group(lua_State *L, int idx) {
-  struct group *g = test_udata(L, idx, &sched_group_mt);
-  if (!g) luaL_typeerror(L, idx, "atom.group");
-  return g;
+  struct group *g = lua_touserdata(L, idx);
+  if (g && lua_getmetatable(L, idx)) {
+    bool ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (ok) return g;
+  }
+  luaL_typeerror(L, idx, "atom.group");
+  return NULL;
 }
 
 /* _atom.spawn(group|nil, name|nil, flags, deadline|nil, fn, ...) -> task */
@@ -225,7 +232,7 @@ static int l_group(lua_State *L) {
   memset(g, 0, sizeof *g);
   lua_newtable(L); /* anchors the members: their pointers sit in done lists */
   lua_setiuservalue(L, -2, 1);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_group_mt);
+  lua_pushvalue(L, lua_upvalueindex(1));
   lua_setmetatable(L, -2);
   return 1;
 }
@@ -664,6 +671,7 @@ const luaL_Reg sched_lib[] = {{"spawn", l_spawn},
                               {"in_task_thread", l_in_task_thread},
                               {NULL, NULL}};
 
+/* [_atom] on L: the metatables, and sched_lib again with its upvalue. */
 void sched_register(lua_State *L) {
   static const luaL_Reg task_methods[] = {
       {"cancel", l_task_cancel}, {"join", l_task_join}, {"status", l_task_status}, {NULL, NULL}};
@@ -676,7 +684,7 @@ void sched_register(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_task_mt);
   luaL_newmetatable(L, "atom.group");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_group_mt);
+  luaL_setfuncs(L, sched_lib, 1); /* [_atom, group mt]: check_group's upvalue */
 }
 
 /* }==== */

@@ -98,8 +98,8 @@ int sched_push_outcome(lua_State *L, struct task *t);
 int sched_run(lua_State *L);
 void sched_push_desc(lua_State *L, struct task *t); /* what t waits for */
 struct task *sched_next_task(struct task *t);       /* preorder walk of unfinished tasks */
-/* Registry keys (lua_rawgetp) of the "atom.task" and "atom.group" metatables:
- * found by address, not by name, on the hot path of spawn and group_next. */
-extern const char sched_task_mt, sched_group_mt;
+/* Registry key (lua_rawgetp) of the "atom.task" metatable: found by address,
+ * not by name, when a task is made. */
+extern const char sched_task_mt;
 
 #endif
