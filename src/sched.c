@@ -360,7 +360,7 @@ int sched_wait_with_k(lua_State *L, struct wait *w, double timeout, int desc_idx
   }
   w->task = t;
   t->wait = w;
-  t->wait_since = util_now();
+  t->wait_since = util_now_loop(); /* for reports only: no clock read per wait */
   if (timeout >= 0) {
     t->wait_timeout = timeout;
     timer_start(&t->wait_timer, timeout, wait_timeout_cb);
