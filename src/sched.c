@@ -488,6 +488,37 @@ static int task_body(lua_State *L) {
 
 /* }==== */
 
+/* Task refs (invariant 3): a finished task's registry slot is set to false
+ * and kept for the next task, so most tasks cost two rawseti instead of
+ * luaL_ref and luaL_unref (a third of W1's scheduler instructions besides
+ * Lua's own). The slots are the file state's: sched_reset forgets them.
+ * They are not counted in util_live_refs (sched_state.live counts tasks). */
+static int *free_refs;
+static int free_refs_n, free_refs_cap;
+
+static int task_ref(lua_State *L) { /* [ud] -> [] */
+  if (free_refs_n == 0) return luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = free_refs[--free_refs_n];
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  return ref;
+}
+
+static void task_unref(lua_State *L, int ref) {
+  if (free_refs_n == free_refs_cap) {
+    int cap = free_refs_cap ? free_refs_cap * 2 : 256;
+    int *p = realloc(free_refs, sizeof *p * (size_t)cap);
+    if (!p) {
+      luaL_unref(L, LUA_REGISTRYINDEX, ref);
+      return;
+    }
+    free_refs = p;
+    free_refs_cap = cap;
+  }
+  lua_pushboolean(L, 0); /* not nil: luaL_ref must not hand the slot out */
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  free_refs[free_refs_n++] = ref;
+}
+
 /* [fn, args...] (nargs values) on L -> pushes the new task's userdata. */
 struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsigned flags) {
   struct task *t = lua_newuserdatauv(L, sizeof *t, UV_COUNT - 1); /* [fn, args, ud] */
@@ -507,7 +538,7 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   lua_xmove(L, co, nargs + 1); /* co: [task_body, fn, args] */
   t->wake_nres = nargs + 1;
   lua_pushvalue(L, -1);
-  t->ref = util_ref(L);
+  t->ref = task_ref(L);
   link_child(parent, t);
   if (++sched_state.live >= GC_BURST && gc_burst == GC_NORMAL) gc_tune(L);
   /* Inherit a pending cancellation: a task started by a cancelled task is
@@ -763,8 +794,7 @@ static void settle(struct task *t, int nres, bool ok) {
     lua_rawseti(L, -2, ++t->group->anchored_in);
     lua_pop(L, 3);
   }
-  int ref = t->ref;
-  util_unref(sched_state.L, &ref);
+  task_unref(sched_state.L, t->ref);
   t->ref = LUA_NOREF;
   if (t == sched_state.root) uv_stop(atom_loop);
 }
@@ -1070,6 +1100,7 @@ void sched_reset(void) {
   sched_state.current = NULL;
   sched_state.ready_head = sched_state.ready_tail = NULL;
   sched_state.live = 0;
+  free_refs_n = 0;      /* slots of the closed state */
   gc_burst = GC_NORMAL; /* a new state has Lua's defaults */
 }
 
