@@ -51,12 +51,16 @@ static void exhausted(void) {
  * size back (osize), so the class is known without a header. Freed blocks
  * stay in their class for the next ones (and the next file's state). Under
  * AddressSanitizer every block comes from malloc, so that it sees each. */
-#ifdef __SANITIZE_ADDRESS__
-#define SMALL_MAX 0
-#else
 #define SMALL_MAX 1024
-#endif
 #define SLAB (64u << 10)
+#ifdef __SANITIZE_ADDRESS__
+static bool is_small(size_t size) {
+  (void)size;
+  return false;
+}
+#else
+static bool is_small(size_t size) { return size <= SMALL_MAX; }
+#endif
 
 static void *small_free[SMALL_MAX / 16 + 1]; /* by class: (size + 15) / 16 */
 static char *slab_next, *slab_end;
@@ -89,7 +93,7 @@ static void *small_get(size_t size) {
 
 /* realloc for Lua's blocks: old is ptr's size (0 without ptr), size > 0. */
 static void *block_realloc(void *ptr, size_t old, size_t size) {
-  bool small_old = ptr && old <= SMALL_MAX, small_new = size <= SMALL_MAX;
+  bool small_old = ptr && is_small(old), small_new = is_small(size);
   if (!small_old && !small_new) return realloc(ptr, size);
   if (small_old && small_new && (old + 15) >> 4 == (size + 15) >> 4) return ptr;
   void *p = small_new ? small_get(size) : malloc(size);
@@ -108,7 +112,7 @@ static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
   size_t old = ptr ? osize : 0; /* without ptr, osize tells the kind of object */
   if (nsize == 0) {
-    if (ptr && old <= SMALL_MAX)
+    if (ptr && is_small(old))
       small_put(ptr, old);
     else
       free(ptr);

@@ -23,6 +23,7 @@
  *  7. A task cancelled before it first ran never runs.
  *  8. A finished task's outcome never changes; joiners and groups are told
  *     exactly once. */
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -885,7 +886,7 @@ static void run_task(struct task *t) {
   atomic_store_explicit(&running_co, co, memory_order_release);
   int st = lua_resume(co, sched_state.L, nargs, &nres);
   atomic_store(&running_co, NULL);
-  while (atomic_load(&hooking)) continue; /* the watch thread is setting a hook on co */
+  while (atomic_load(&hooking)) sched_yield(); /* the watch thread is setting a hook on co */
   lua_sethook(co, NULL, 0, 0);
   sched_state.current = NULL;
   /* Out of memory: whatever raised it, the file stops here (mem.c). */
