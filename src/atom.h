@@ -181,6 +181,8 @@ bool util_where_frame_from(lua_State *L, int level, lua_Debug *ar);
 /* "file:line" of that frame, or NULL. */
 const char *util_where(lua_State *L, char *buf, size_t size);
 double util_now(void); /* seconds since the run began (uv_hrtime) */
+/* The same at the loop's cached time (this loop turn's start, whole ms): no clock read. */
+double util_now_loop(void);
 
 /* }==== */
 

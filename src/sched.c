@@ -23,7 +23,8 @@
  *  7. A task cancelled before it first ran never runs.
  *  8. A finished task's outcome never changes; joiners and groups are told
  *     exactly once. */
-#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,12 +35,18 @@
 const char *const sched_status_names[] = {"running", "running", "done", "failed", "cancelled"};
 struct sched_state sched_state = {
     .handler_ref = LUA_NOREF, .finish_ref = LUA_NOREF, .default_grace = 10};
+const char sched_task_mt = 0;
 
 /* Preemption (preempt_check, on watch.c's thread): the task running too
- * long while a deadline is overdue yields from a count hook. */
-static pthread_mutex_t running_lock = PTHREAD_MUTEX_INITIALIZER;
-static lua_State *volatile running_co;
-static volatile uint64_t running_since;
+ * long while a deadline is overdue yields from a count hook. A resume only
+ * publishes the coroutine and counts itself (no lock, no clock): the watch
+ * thread times a resume by seeing the same count in its checks. `hooking`
+ * and running_co, both seq_cst, form a Dekker pair: the hook is set only on
+ * a coroutine still in its resume, and the resume loop waits for it before
+ * it clears the hook (so never on a finished or freed coroutine). */
+static _Atomic(lua_State *) running_co;
+static _Atomic uint64_t resume_seq; /* resumes begun (written by the loop's thread only) */
+static atomic_bool hooking;
 static volatile bool preempted;
 
 void sched_cancel_tree(lua_State *L, struct task *t, int reason, bool force);
@@ -426,7 +433,7 @@ int sched_wait_with_k(lua_State *L, struct wait *w, double timeout, int desc_idx
   w->task = t;
   t->wait = w;
   t->plain_wait = k == sched_wait_k;
-  t->wait_since = util_now();
+  t->wait_since = util_now_loop(); /* for reports only: no clock read per wait */
   if (timeout >= 0) {
     t->wait_timeout = timeout;
     timer_start(&t->wait_timer, timeout, wait_timeout_cb);
@@ -472,6 +479,28 @@ static void link_child(struct task *parent, struct task *t) {
   parent->child_head = t;
 }
 
+/* While many tasks are alive (a burst of spawns: gather, map), most of the
+ * heap is their records and coroutines, live until they end: every cycle of
+ * the incremental collector would mark them all again. The pause goes from
+ * Lua's default 200 to 400 (a cycle when the heap has grown 4x, not 2x) at
+ * GC_BURST live tasks, and back to 200 below half of that. Generational
+ * mode, if the program chose it, is left alone. */
+enum { GC_BURST = 1000 };
+static enum { GC_NORMAL, GC_RAISED, GC_LEFT_ALONE } gc_burst;
+
+static void gc_tune(lua_State *L) {
+  if (gc_burst == GC_NORMAL && sched_state.live >= GC_BURST) {
+    gc_burst = GC_RAISED;
+    if (lua_gc(L, LUA_GCINC, 400, 0, 0) == LUA_GCGEN) {
+      lua_gc(L, LUA_GCGEN, 0, 0); /* the program's choice: back to it */
+      gc_burst = GC_LEFT_ALONE;
+    }
+  } else if (gc_burst != GC_NORMAL && sched_state.live < GC_BURST / 2) {
+    if (gc_burst == GC_RAISED) lua_gc(L, LUA_GCINC, 200, 0, 0);
+    gc_burst = GC_NORMAL;
+  }
+}
+
 static void unlink_task(struct task *t) {
   if (t->parent) {
     if (t->sib_prev)
@@ -482,6 +511,7 @@ static void unlink_task(struct task *t) {
   }
   t->sib_prev = t->sib_next = NULL;
   sched_state.live--;
+  if (gc_burst != GC_NORMAL && sched_state.live < GC_BURST / 2) gc_tune(sched_state.L);
 }
 
 /* {==== the body of every task's coroutine ====
@@ -503,6 +533,19 @@ static int body_finish_k(lua_State *L, int status, lua_KContext ctx) {
   /* [handler, results...] or [handler, error] */
   lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
   lua_replace(L, 1);
+  /* Nothing for finish to do (no child, no notes: no defers; not an owner):
+   * it would return ok, results... as they are (its early return). Keep in
+   * step with lua/atom/task.lua's finish. */
+  struct task *t = sched_current(L);
+  if (t && !t->child_head && !(t->flags & (TF_OWNER | TF_ROOT))) {
+    sched_push_ud(L, t);
+    bool notes = lua_getiuservalue(L, -1, UV_EXTRA) != LUA_TNIL;
+    lua_pop(L, 2);
+    if (!notes) {
+      t->returned = true; /* as end_children */
+      return lua_gettop(L);
+    }
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, sched_state.finish_ref);
   lua_insert(L, 1); /* [finish, ok, results...] */
   lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, body_done_k);
@@ -519,6 +562,37 @@ static int task_body(lua_State *L) {
 
 /* }==== */
 
+/* Task refs (invariant 3): a finished task's registry slot is set to false
+ * and kept for the next task, so most tasks cost two rawseti instead of
+ * luaL_ref and luaL_unref (530 instructions a task when measured). The
+ * slots are the file state's: sched_reset forgets them.
+ * They are not counted in util_live_refs (sched_state.live counts tasks). */
+static int *free_refs;
+static int free_refs_n, free_refs_cap;
+
+static int task_ref(lua_State *L) { /* [ud] -> [] */
+  if (free_refs_n == 0) return luaL_ref(L, LUA_REGISTRYINDEX);
+  int ref = free_refs[--free_refs_n];
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  return ref;
+}
+
+static void task_unref(lua_State *L, int ref) {
+  if (free_refs_n == free_refs_cap) {
+    int cap = free_refs_cap ? free_refs_cap * 2 : 256;
+    int *p = realloc(free_refs, sizeof *p * (size_t)cap);
+    if (!p) {
+      luaL_unref(L, LUA_REGISTRYINDEX, ref);
+      return;
+    }
+    free_refs = p;
+    free_refs_cap = cap;
+  }
+  lua_pushboolean(L, 0); /* not nil: luaL_ref must not hand the slot out */
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  free_refs[free_refs_n++] = ref;
+}
+
 /* [fn, args...] (nargs values) on L -> pushes the new task's userdata. */
 struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsigned flags) {
   struct task *t = lua_newuserdatauv(L, sizeof *t, UV_COUNT - 1); /* [fn, args, ud] */
@@ -526,7 +600,8 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   t->ref = LUA_NOREF;
   timer_init(&t->wait_timer);
   timer_init(&t->phase);
-  luaL_setmetatable(L, "atom.task");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sched_task_mt);
+  lua_setmetatable(L, -2);
   t->flags = flags;
   t->grace_secs = parent ? parent->grace_secs : sched_state.default_grace;
   lua_State *co = lua_newthread(L); /* [fn, args, ud, co] */
@@ -537,9 +612,9 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   lua_xmove(L, co, nargs + 1); /* co: [task_body, fn, args] */
   t->wake_nres = nargs + 1;
   lua_pushvalue(L, -1);
-  t->ref = util_ref(L);
+  t->ref = task_ref(L);
   link_child(parent, t);
-  sched_state.live++;
+  if (++sched_state.live >= GC_BURST && gc_burst == GC_NORMAL) gc_tune(L);
   /* Inherit a pending cancellation: a task started by a cancelled task is
    * cancelled too (it will never run). */
   if (parent && parent->cancel_pending && !(flags & TF_SHIELD)) {
@@ -801,8 +876,7 @@ static void settle(struct task *t, int nres, bool ok) {
     lua_rawseti(L, -2, group_slot(t->group, ++t->group->anchored_in));
     lua_pop(L, 3);
   }
-  int ref = t->ref;
-  util_unref(sched_state.L, &ref);
+  task_unref(sched_state.L, t->ref);
   t->ref = LUA_NOREF;
   if (t == sched_state.root) uv_stop(atom_loop);
 }
@@ -843,15 +917,30 @@ static void preempt_hook(lua_State *L, lua_Debug *ar) {
   lua_yield(L, 0);
 }
 
-/* Preempt a resume running for over `ms` (from the preemption thread). */
-static bool preempt_if_running_longer(uint64_t ms) {
+/* The watch thread's view of the resume in progress: its count, and the
+ * first check that saw it running (no later than it began to run). */
+static uint64_t seen_seq;
+static uint64_t seen_since;
+
+/* Preempt a resume running for over `ms` (from the preemption thread);
+ * called on every check, so that it can time the resume. */
+static bool preempt_if_running_longer(uint64_t ms, bool due) {
+  uint64_t now = uv_hrtime();
+  lua_State *co = atomic_load(&running_co);
+  uint64_t seq = co ? atomic_load(&resume_seq) : 0;
+  if (!co || seq != seen_seq) {
+    seen_seq = seq;
+    seen_since = now;
+    return false;
+  }
+  if (!due || now - seen_since < ms * 1000000ull) return false;
   bool done = false;
-  pthread_mutex_lock(&running_lock);
-  if (running_co && uv_hrtime() - running_since > ms * 1000000ull) {
-    lua_sethook(running_co, preempt_hook, LUA_MASKCOUNT, 1000);
+  atomic_store(&hooking, true);
+  if (atomic_load(&running_co) == co && atomic_load(&resume_seq) == seq) {
+    lua_sethook(co, preempt_hook, LUA_MASKCOUNT, 1000);
     done = true;
   }
-  pthread_mutex_unlock(&running_lock);
+  atomic_store(&hooking, false);
   return done;
 }
 
@@ -873,14 +962,12 @@ static void run_task(struct task *t) {
   t->started = true;
   if (t->status == T_NEW) t->status = T_RUNNING;
   sched_state.current = t;
-  pthread_mutex_lock(&running_lock);
-  running_co = co;
-  running_since = uv_hrtime();
-  pthread_mutex_unlock(&running_lock);
+  atomic_store_explicit(&resume_seq, atomic_load_explicit(&resume_seq, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+  atomic_store_explicit(&running_co, co, memory_order_release);
   int st = lua_resume(co, sched_state.L, nargs, &nres);
-  pthread_mutex_lock(&running_lock);
-  running_co = NULL;
-  pthread_mutex_unlock(&running_lock);
+  atomic_store(&running_co, NULL);
+  while (atomic_load(&hooking)) sched_yield(); /* the watch thread is setting a hook on co */
   lua_sethook(co, NULL, 0, 0);
   sched_state.current = NULL;
   /* Out of memory: whatever raised it, the file stops here (mem.c). */
@@ -924,7 +1011,7 @@ void sched_set_urgent(void) { urgent = true; }
 static void preempt_check(void) {
   uint64_t due = timer_next_due();
   bool overdue = due != UINT64_MAX && uv_hrtime() > due + 50 * 1000000ull;
-  if (overdue || urgent) preempt_if_running_longer(100);
+  preempt_if_running_longer(100, overdue || urgent);
 }
 
 static void drain(void) {
@@ -1096,6 +1183,8 @@ void sched_reset(void) {
   sched_state.current = NULL;
   sched_state.ready_head = sched_state.ready_tail = NULL;
   sched_state.live = 0;
+  free_refs_n = 0;      /* slots of the closed state */
+  gc_burst = GC_NORMAL; /* a new state has Lua's defaults */
 }
 
 /* }==== */

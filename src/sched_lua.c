@@ -12,14 +12,33 @@
 
 static void deadline_cb(struct timer *tm);
 
+/* luaL_testudata with the metatable found by address (sched_task_mt). */
+static void *test_udata(lua_State *L, int idx, const char *key) {
+  void *p = lua_touserdata(L, idx);
+  if (!p || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  if (!lua_rawequal(L, -1, -2)) p = NULL;
+  lua_pop(L, 2);
+  return p;
+}
+
 static struct task *check_task(lua_State *L, int idx, const char *fname) {
-  struct task *t = luaL_testudata(L, idx, "atom.task");
+  struct task *t = test_udata(L, idx, &sched_task_mt);
   if (!t) util_typeerror(L, idx, fname, "task");
   return t;
 }
 
+/* The `_atom` functions have the group metatable as upvalue 1
+ * (sched_register): no lookup on the hot path of spawn and group_next. */
 static struct group *check_group(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, "atom.group");
+  struct group *g = lua_touserdata(L, idx);
+  if (g && lua_getmetatable(L, idx)) {
+    bool ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (ok) return g;
+  }
+  luaL_typeerror(L, idx, "atom.group");
+  return NULL;
 }
 
 static void grow_ring(lua_State *L, int gi, struct group *g);
@@ -234,7 +253,8 @@ static int l_group(lua_State *L) {
   memset(g, 0, sizeof *g);
   lua_newtable(L); /* anchors the members: their pointers sit in done lists */
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, "atom.group");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_setmetatable(L, -2);
   return 1;
 }
 
@@ -677,6 +697,7 @@ const luaL_Reg sched_lib[] = {{"spawn", l_spawn},
                               {"in_task_thread", l_in_task_thread},
                               {NULL, NULL}};
 
+/* [_atom] on L: the metatables, and sched_lib again with its upvalue. */
 void sched_register(lua_State *L) {
   static const luaL_Reg task_methods[] = {
       {"cancel", l_task_cancel}, {"join", l_task_join}, {"status", l_task_status}, {NULL, NULL}};
@@ -687,9 +708,9 @@ void sched_register(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, l_task_tostring);
   lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &sched_task_mt);
   luaL_newmetatable(L, "atom.group");
-  lua_pop(L, 1);
+  luaL_setfuncs(L, sched_lib, 1); /* [_atom, group mt]: check_group's upvalue */
 }
 
 /* }==== */

@@ -19,26 +19,28 @@ struct group;
 
 struct task {
   lua_State *co;
-  int ref; /* to the userdata while unfinished (invariant 3) */
-  enum status status;
-  unsigned flags;
+  int ref;                /* to the userdata while unfinished (invariant 3) */
+  enum status status : 8; /* bit-fields: 10,000 tasks, 10,000 records */
+  unsigned flags : 8;
+  bool queued : 1, cancel_pending : 1, hard : 1, in_cleanup : 1, deadline_expired : 1,
+      abandoned : 1, started : 1;
+  bool wake_error : 1, has_override : 1, awaiting_children : 1;
+  bool returned : 1; /* its function has returned or raised (trampoline step 2 began) */
+  bool grace_armed : 1;
+  bool has_desc : 1; /* UV_DESC holds the current wait's description */
+  bool grace_abandon_phase : 1;
+  bool name_go : 1;
+  bool plain_wait : 1;  /* its wait's continuation is sched_wait_k: it only returns or raises */
+  bool lazy_cancel : 1; /* ended unresumed (end_unresumed): its error is not made yet */
   struct task *parent, *child_head, *sib_prev, *sib_next;
   struct task *ready_next;
-  bool queued, cancel_pending, hard, in_cleanup, deadline_expired, abandoned, started;
-  bool wake_error, has_override, awaiting_children;
-  bool returned;    /* its function has returned or raised (trampoline step 2 began) */
-  bool plain_wait;  /* its wait's continuation is sched_wait_k: it only returns or raises */
-  bool lazy_cancel; /* ended unresumed (end_unresumed): its error is not made yet */
   int wake_nres;    /* values queued for the next resume */
   int resumed_nres; /* values the current resume brought (for continuations) */
   struct wait *wait;
   double wait_timeout, wait_since;
   struct timer wait_timer;
   struct timer phase; /* the deadline (atom.timeout, tests) until cancelled, then the grace */
-  bool grace_armed;
-  bool has_desc; /* UV_DESC holds the current wait's description */
   double deadline_secs, grace_secs;
-  bool grace_abandon_phase;
   struct group *group;         /* structured wait this task belongs to */
   struct group *waiting_group; /* the group whose members it awaits in group_next */
   struct task *group_next;     /* in the group's finished list */
@@ -47,8 +49,7 @@ struct task {
   struct wait own_wait;        /* sleep and park need no memory of their own */
   struct joiner *joiners;      /* tasks waiting in t:join() */
   int go_count;
-  int name_n; /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
-  bool name_go;
+  int name_n;          /* lazy name: UV_NAME holds the parent's, add "/<n>" or "/go<n>" */
   struct owned *owned; /* what subsystems registered on this owner (sched_own) */
 };
 
@@ -109,5 +110,8 @@ void sched_make_cancel_error(lua_State *L, int ud, struct task *t); /* lazy_canc
 int sched_run(lua_State *L);
 void sched_push_desc(lua_State *L, struct task *t); /* what t waits for */
 struct task *sched_next_task(struct task *t);       /* preorder walk of unfinished tasks */
+/* Registry key (lua_rawgetp) of the "atom.task" metatable: found by address,
+ * not by name, when a task is made. */
+extern const char sched_task_mt;
 
 #endif

@@ -17,6 +17,12 @@ double util_now(void) {
   return (double)(uv_hrtime() - run_start_ns) / 1e9;
 }
 
+double util_now_loop(void) {
+  if (run_start_ns == 0) return util_now();
+  uint64_t ns = uv_now(atom_loop) * 1000000ull;
+  return ns > run_start_ns ? (double)(ns - run_start_ns) / 1e9 : 0;
+}
+
 static bool is_internal(const char *src) {
   return strncmp(src, "@lua/atom/", 10) == 0 || src[0] == '=';
 }

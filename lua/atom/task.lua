@@ -53,6 +53,8 @@ local function add_cleanup_error(res, e, x)
   x.cleanup_errors = list
 end
 
+-- src/sched.c's body_finish_k does not call finish when steps 2-4 have
+-- nothing to do (no child, no notes table, not an owner): keep both in step.
 local function finish(ok, ...)
   local x, owner = _atom.end_children()                 -- step 2
   local defers = x and x.defers
