@@ -131,6 +131,20 @@ describe("tasks", function()
     end)
   end)
 
+  it("a burst of tasks raises the collector's pause for its duration only; the program's pause and mode stay", function()
+    local before = collectgarbage("setpause", 150)
+    local during, after
+    run(function()
+      local fns = {}
+      for i = 1, 2000 do fns[i] = function() atom.sleep(0) end end
+      fns[1] = function() during = collectgarbage("setpause", 150); collectgarbage("setpause", during) end
+      atom.gather(fns)
+      after = collectgarbage("setpause", before)
+    end)
+    assert.is_true(during >= 400)
+    assert.is_true(math.abs(after - 150) <= 4)
+  end)
+
   it("timeout raises kind timeout and does not cancel the caller", function()
     run(function()
       local ok, err = pcall(atom.timeout, U, function() atom.sleep(10) end)

@@ -481,23 +481,20 @@ static void link_child(struct task *parent, struct task *t) {
 
 /* While many tasks are alive (a burst of spawns: gather, map), most of the
  * heap is their records and coroutines, live until they end: every cycle of
- * the incremental collector would mark them all again. The pause goes from
- * Lua's default 200 to 400 (a cycle when the heap has grown 4x, not 2x) at
- * GC_BURST live tasks, and back to 200 below half of that. Generational
- * mode, if the program chose it, is left alone. */
+ * the incremental collector would mark them all again. The pause goes to at
+ * least 400 (a cycle when the heap has grown 4x, not Lua's default 2x) at
+ * GC_BURST live tasks, and back to the program's own below half of that.
+ * The mode (incremental or generational) is not touched. */
 enum { GC_BURST = 1000 };
-static enum { GC_NORMAL, GC_RAISED, GC_LEFT_ALONE } gc_burst;
+static int gc_saved_pause = -1; /* the program's pause during a burst, else -1 */
 
 static void gc_tune(lua_State *L) {
-  if (gc_burst == GC_NORMAL && sched_state.live >= GC_BURST) {
-    gc_burst = GC_RAISED;
-    if (lua_gc(L, LUA_GCINC, 400, 0, 0) == LUA_GCGEN) {
-      lua_gc(L, LUA_GCGEN, 0, 0); /* the program's choice: back to it */
-      gc_burst = GC_LEFT_ALONE;
-    }
-  } else if (gc_burst != GC_NORMAL && sched_state.live < GC_BURST / 2) {
-    if (gc_burst == GC_RAISED) lua_gc(L, LUA_GCINC, 200, 0, 0);
-    gc_burst = GC_NORMAL;
+  if (gc_saved_pause < 0 && sched_state.live >= GC_BURST) {
+    gc_saved_pause = lua_gc(L, LUA_GCSETPAUSE, 400);
+    if (gc_saved_pause > 400) lua_gc(L, LUA_GCSETPAUSE, gc_saved_pause);
+  } else if (gc_saved_pause >= 0 && sched_state.live < GC_BURST / 2) {
+    lua_gc(L, LUA_GCSETPAUSE, gc_saved_pause);
+    gc_saved_pause = -1;
   }
 }
 
@@ -511,7 +508,7 @@ static void unlink_task(struct task *t) {
   }
   t->sib_prev = t->sib_next = NULL;
   sched_state.live--;
-  if (gc_burst != GC_NORMAL && sched_state.live < GC_BURST / 2) gc_tune(sched_state.L);
+  if (gc_saved_pause >= 0 && sched_state.live < GC_BURST / 2) gc_tune(sched_state.L);
 }
 
 /* {==== the body of every task's coroutine ====
@@ -614,7 +611,7 @@ struct task *sched_task_new(lua_State *L, struct task *parent, int nargs, unsign
   lua_pushvalue(L, -1);
   t->ref = task_ref(L);
   link_child(parent, t);
-  if (++sched_state.live >= GC_BURST && gc_burst == GC_NORMAL) gc_tune(L);
+  if (++sched_state.live >= GC_BURST && gc_saved_pause < 0) gc_tune(L);
   /* Inherit a pending cancellation: a task started by a cancelled task is
    * cancelled too (it will never run). */
   if (parent && parent->cancel_pending && !(flags & TF_SHIELD)) {
@@ -1183,8 +1180,8 @@ void sched_reset(void) {
   sched_state.current = NULL;
   sched_state.ready_head = sched_state.ready_tail = NULL;
   sched_state.live = 0;
-  free_refs_n = 0;      /* slots of the closed state */
-  gc_burst = GC_NORMAL; /* a new state has Lua's defaults */
+  free_refs_n = 0;     /* slots of the closed state */
+  gc_saved_pause = -1; /* a new state has its own pause */
 }
 
 /* }==== */
