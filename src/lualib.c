@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "atom.h"
@@ -183,6 +184,15 @@ static int l_rm_rf(lua_State *L) {
   return 0;
 }
 
+/* _atom.file_type(path) -> "file" | "directory" | "other", or nil when
+ * stat fails (follows symlinks, like luv's fs_stat). */
+static int l_file_type(lua_State *L) {
+  struct stat st;
+  if (stat(luaL_checkstring(L, 1), &st) != 0) return 0;
+  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other");
+  return 1;
+}
+
 /* _atom.isatty(fd) */
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -200,7 +210,8 @@ static int l_where(lua_State *L) {
 
 static const luaL_Reg runtime_lib[] = {{"where", l_where},     {"rm_rf", l_rm_rf},
                                        {"isatty", l_isatty},   {"luv_handles", l_luv_handles},
-                                       {"mkdir_p", l_mkdir_p}, {NULL, NULL}};
+                                       {"mkdir_p", l_mkdir_p}, {"file_type", l_file_type},
+                                       {NULL, NULL}};
 
 /* The private C library `_atom`, in one place: every C function the Lua
  * modules may call, by subsystem (each table sits beside its functions).

@@ -233,18 +233,17 @@ end
 -- A directory given as a scenario stands for its *.lua files (not those
 -- of subdirectories), in sorted order. Returns the list, or nil and why.
 local function expand_dirs(files)
-  local uv = require("luv")
   local out = {}
   for _, f in ipairs(files) do
-    local st = uv.fs_stat(f)
-    if st and st.type == "directory" then
+    -- luv only when a directory is given: opening it is a fifth of a run's start-up
+    if _atom.file_type(f) == "directory" then
+      local uv = require("luv")
       local found, req = {}, uv.fs_scandir(f)
       while req do
         local name = uv.fs_scandir_next(req)
         if not name then break end
         local path = f:gsub("/+$", "") .. "/" .. name
-        local pst = name:match("%.lua$") and uv.fs_stat(path)
-        if pst and pst.type == "file" then found[#found + 1] = path end
+        if name:match("%.lua$") and _atom.file_type(path) == "file" then found[#found + 1] = path end
       end
       if #found == 0 then return nil, ("no *.lua file in directory %s"):format(f) end
       table.sort(found)
