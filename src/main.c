@@ -292,6 +292,9 @@ static int l_run_file(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_State *F = mem_newstate();
   if (!F) return luaL_error(L, "out of memory");
+  /* No collection while the runtime and its modules load: they all stay.
+   * lua/atom/scenario.lua restarts the collector before the file's code. */
+  lua_gc(F, LUA_GCSTOP);
   runtime_open(F, true);
   /* The Face's own functions go in `_cli`, apart from the runtime's
    * `_atom`: only lua/atom/scenario.lua (the file state's entry) uses them. */
@@ -382,6 +385,9 @@ static int l_leaks_found(lua_State *L) {
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
+  /* No collection while the runtime and the CLI's modules load: they all
+   * stay. lua/atom/cli.lua restarts the collector before the real work. */
+  lua_gc(L, LUA_GCSTOP);
   runtime_open(L, true);
   /* The CLI's functions (the control state's `_cli`, for lua/atom/cli.lua). */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
