@@ -180,6 +180,7 @@ static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *
 /* _atom.rm_rf(path): remove a run directory and everything in it. */
 static int l_rm_rf(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  if (rmdir(path) == 0) return 0; /* empty: most runs write nothing */
   nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
   return 0;
 }
@@ -242,7 +243,16 @@ int runtime_open(lua_State *L, bool cli) {
   loop_init();
   luaL_openlibs(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_newtable(L); /* _atom */
+  /* Tables made at their final size: growing them rehashes every entry
+   * again at each doubling (a tenth of the runtime's opening). */
+  static int n_funcs = -1, n_modules;
+  if (n_funcs < 0) {
+    n_funcs = 0;
+    for (int i = 0; atom_lib[i]; i++)
+      for (const luaL_Reg *r = atom_lib[i]; r->name; r++) n_funcs++;
+    for (n_modules = 0; embedded_modules[n_modules].module;) n_modules++;
+  }
+  lua_createtable(L, 0, n_funcs + 16); /* _atom, and what the subsystems add */
   for (int i = 0; atom_lib[i]; i++) luaL_setfuncs(L, atom_lib[i], 0);
   sched_register(L);
   proc_register(L);
@@ -264,6 +274,16 @@ int runtime_open(lua_State *L, bool cli) {
   lua_setfield(L, -3, "_atom");
   lua_pop(L, 2);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (cli) { /* a new state's package.preload, still empty: made again at its final size */
+    lua_pop(L, 1);
+    lua_createtable(L, 0, n_modules + 2);
+    lua_getglobal(L, "package");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "preload");
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  }
   /* busted's insulation empties package.loaded between spec files, not
    * package.preload: let `require "_atom"` find the same table again. */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
