@@ -188,6 +188,10 @@ double util_now(void); /* seconds since the run began (uv_hrtime) */
 
 /* A Lua state on the counting allocator (limit: $ATOMLUA_MEM_LIMIT). */
 lua_State *mem_newstate(void);
+/* The control state allocates from a start-up arena too (mem.c); both
+ * states leave it when their modules are loaded: mem_arena_end. */
+void mem_control_state(lua_State *L);
+void mem_arena_end(lua_State *L);
 /* True once an allocation of that state failed for good (a reserve was
  * released so that the file can still end and report). */
 bool mem_exhausted(void);

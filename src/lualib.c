@@ -209,9 +209,12 @@ static int l_where(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg runtime_lib[] = {{"where", l_where},     {"rm_rf", l_rm_rf},
-                                       {"isatty", l_isatty},   {"luv_handles", l_luv_handles},
-                                       {"mkdir_p", l_mkdir_p}, {"file_type", l_file_type},
+static const luaL_Reg runtime_lib[] = {{"where", l_where},
+                                       {"rm_rf", l_rm_rf},
+                                       {"isatty", l_isatty},
+                                       {"luv_handles", l_luv_handles},
+                                       {"mkdir_p", l_mkdir_p},
+                                       {"file_type", l_file_type},
                                        {NULL, NULL}};
 
 /* The private C library `_atom`, in one place: every C function the Lua

@@ -271,6 +271,19 @@ static void report_leaks(const char *what) {
   if (tasks || handles || refs || children) leaks_found = 1;
 }
 
+/* _cli.loaded(): the state's modules are loaded. Both states start with the
+ * collector stopped and allocating from a start-up arena (mem.c): what loads
+ * first stays. From here the collector runs, its first cycle due once the
+ * heap has doubled (as after a collection), and blocks come from malloc. */
+static int l_loaded(lua_State *L) {
+  mem_arena_end(L);
+  if (!lua_gc(L, LUA_GCISRUNNING)) {
+    lua_gc(L, LUA_GCRESTART);
+    lua_gc(L, LUA_GCSTEP, -lua_gc(L, LUA_GCCOUNT)); /* in KiB: the debt */
+  }
+  return 0;
+}
+
 /* _cli.stop_reason() -> nil | "timeout" | "SIGINT" | ..., message */
 static int l_stop_reason(lua_State *L) {
   if (!stop_reason) return 0;
@@ -293,12 +306,13 @@ static int l_run_file(lua_State *L) {
   lua_State *F = mem_newstate();
   if (!F) return luaL_error(L, "out of memory");
   /* No collection while the runtime and its modules load: they all stay.
-   * lua/atom/scenario.lua restarts the collector before the file's code. */
+   * lua/atom/scenario.lua calls _cli.loaded() before the file's code. */
   lua_gc(F, LUA_GCSTOP);
   runtime_open(F, true);
   /* The Face's own functions go in `_cli`, apart from the runtime's
    * `_atom`: only lua/atom/scenario.lua (the file state's entry) uses them. */
   static const luaL_Reg file_fns[] = {{"forward", l_forward},
+                                      {"loaded", l_loaded},
                                       {"stop_reason", l_stop_reason},
                                       {"out_of_memory", l_out_of_memory},
                                       {NULL, NULL}};
@@ -386,7 +400,7 @@ static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
   /* No collection while the runtime and the CLI's modules load: they all
-   * stay. lua/atom/cli.lua restarts the collector before the real work. */
+   * stay. lua/atom/cli.lua calls _cli.loaded() before the real work. */
   lua_gc(L, LUA_GCSTOP);
   runtime_open(L, true);
   /* The CLI's functions (the control state's `_cli`, for lua/atom/cli.lua). */
@@ -399,6 +413,7 @@ static int pmain(lua_State *L) {
                                      {"leaks_found", l_leaks_found},
                                      {"set_emergency", l_set_emergency},
                                      {"log_errors", l_log_errors},
+                                     {"loaded", l_loaded},
                                      {NULL, NULL}};
   luaL_newlib(L, cli_fns);
   lua_setfield(L, -2, "_cli");
@@ -446,6 +461,7 @@ int main(int argc, char **argv) {
   sigaction(SIGTSTP, &sa, NULL);
   lua_State *L = luaL_newstate();
   if (!L) return 70;
+  mem_control_state(L); /* a start-up arena, until _cli.loaded() */
   control = L;
   pthread_mutex_lock(&control_lock); /* released while a file state runs */
   lua_pushcfunction(L, pmain);

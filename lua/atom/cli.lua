@@ -154,14 +154,6 @@ end
 
 local remove_tree = _atom.rm_rf
 
--- src/main.c stops the collector while the CLI's modules load (they all
--- stay); on again, its first cycle due once the heap has doubled, as after
--- a collection.
-local function gc_on()
-  collectgarbage("restart")
-  collectgarbage("step", -math.floor(collectgarbage("count")))
-end
-
 -- The reporters subscribe to the events forwarded from the file states.
 -- Private `_tick` and `_output` events (the live status line and scenario
 -- output while it is shown) go to the console alone. `track` sees every
@@ -315,7 +307,7 @@ local function run_command(o, argv, command)
   local tracker = new_tracker()
   local okr, reporters, live = pcall(make_reporters, o, tracker.track)
   if not okr then return bad_input(tostring(reporters)) end
-  gc_on() -- the modules are loaded (see M.main)
+  _cli.loaded() -- the modules are loaded (see M.main)
   _cli.set_limits(o.timeout, o.grace or 10)
   local workdir = o.workdir or ".atomlua/runs"
   local name = stem(command == "trace" and o.reactor or o.files[1] or "shard")
@@ -501,9 +493,10 @@ end
 ---@return integer exit status
 function M.main(args)
   local command = args[1]
-  -- src/main.c stopped the collector while the CLI's modules load; `run`
-  -- restarts it once its reporters are loaded, other commands here.
-  if command ~= "run" then gc_on() end
+  -- The control state starts with the collector stopped and a start-up
+  -- arena (src/main.c, l_loaded): `run` ends them once its reporters are
+  -- loaded, other commands here.
+  if command ~= "run" then _cli.loaded() end
   if command == nil then return usage_error("no command given") end
   if command == "version" or command == "--version" then
     print("atomlua " .. _atom.version .. " (" .. _VERSION .. ", libuv " .. require("luv").version_string() .. ")")

@@ -141,10 +141,7 @@ function M.main(cfg)
   local chunk = assert(loadfile(cfg.file, "t"))
   local bad_reactor
   if cfg.trace_paths then chunk = M.reactor_root(chunk, cfg, function(msg) bad_reactor = msg end) end
-  -- The collector was off while the runtime loaded (src/main.c): on again,
-  -- its first cycle due once the heap has doubled, as after a collection.
-  collectgarbage("restart")
-  collectgarbage("step", -math.floor(collectgarbage("count")))
+  _cli.loaded() -- the collector on, the start-up arena left (src/main.c)
   local ok, root, status, err = _atom.run(chunk)
   if _cli.out_of_memory() then
     -- Wherever Lua raised it (a test, a callback, the reporting), the file
