@@ -57,9 +57,12 @@ void timer_shutdown(void);           /* close the uv timer (end of process / mod
 
 /* {==== the watch thread (watch.c) ==== */
 
-/* Run check() every 50 ms on a thread of its own, independent of the loop
- * (started on first use; a check is added once). */
+/* Run check() every 50 ms on a thread of its own, independent of the loop,
+ * once the thread is started (a check is added once). */
 void watch_add(void (*check)(void));
+/* Start the thread (once): timer.c with the first timer, main.c at a signal. */
+void watch_start(void);
+bool watch_started(void);
 
 /* }==== */
 
@@ -137,6 +140,9 @@ void sched_on_run_end(void (*fn)(lua_State *L));
 /* The run is being stopped (a signal): preempt a task that never suspends
  * even when no timer is overdue. Safe from any thread. */
 void sched_set_urgent(void);
+/* The same at once, from a signal handler on the main thread (before the
+ * watch thread runs): the running task yields to the loop. */
+void sched_preempt_now(void);
 
 void sched_shutdown(void);     /* close the scheduler's handles (runtime_close_handles) */
 void sched_reset(void);        /* a file state closes: forget its references */

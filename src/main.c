@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,10 +58,18 @@ static volatile int hard_exit_code;
 
 static int signal_status(int sig) { return sig == SIGINT ? 130 : sig == SIGTERM ? 143 : 129; }
 
+static pid_t main_tid;
 static void signal_handler(int sig) {
+  /* Until the watch thread runs (watch.c), the main thread preempts a task
+   * that never suspends itself, so it must be the one handling the signal. */
+  if (!watch_started() && gettid() != main_tid) {
+    syscall(SYS_tgkill, getpid(), main_tid, sig);
+    return;
+  }
   if (first_signal) _exit(signal_status(first_signal)); /* a second signal: at once */
   first_signal = sig;
-  uv_async_send(&signal_async); /* async-signal-safe */
+  uv_async_send(&signal_async);              /* async-signal-safe */
+  if (!watch_started()) sched_preempt_now(); /* the loop gets control back */
 }
 
 /* Ctrl-Z: stop the run's process groups too (the reaper knows them all
@@ -111,6 +120,7 @@ static void run_deadline_cb(struct timer *t) {
 
 static void signal_async_cb(uv_async_t *h) {
   (void)h;
+  watch_start(); /* the watchdog's hard exit, further preemption */
   int sig = first_signal;
   const char *name = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP";
   char msg[64];
@@ -369,7 +379,7 @@ static int l_set_limits(lua_State *L) {
     timer_start(&run_deadline, timeout_secs, run_deadline_cb);
     watchdog_deadline_ns = uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9);
   }
-  watch_add(watchdog_check); /* every 50 ms, off the loop */
+  watch_add(watchdog_check); /* every 50 ms, off the loop, once a timer or a signal starts it */
   return 0;
 }
 
@@ -451,6 +461,7 @@ int main(int argc, char **argv) {
   timer_init(&run_grace);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
+  main_tid = gettid();
   sa.sa_handler = signal_handler;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
