@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -194,6 +195,17 @@ static int l_file_type(lua_State *L) {
   return 1;
 }
 
+/* _atom.random_bytes(n) -> n bytes from the kernel's generator (getrandom),
+ * or nil. */
+static int l_random_bytes(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 256, 1, "0 to 256 bytes");
+  char buf[256];
+  if (getrandom(buf, (size_t)n, 0) != (ssize_t)n) return 0;
+  lua_pushlstring(L, buf, (size_t)n);
+  return 1;
+}
+
 /* _atom.isatty(fd) */
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -215,6 +227,7 @@ static const luaL_Reg runtime_lib[] = {{"where", l_where},
                                        {"luv_handles", l_luv_handles},
                                        {"mkdir_p", l_mkdir_p},
                                        {"file_type", l_file_type},
+                                       {"random_bytes", l_random_bytes},
                                        {NULL, NULL}};
 
 /* The private C library `_atom`, in one place: every C function the Lua

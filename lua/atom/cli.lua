@@ -131,10 +131,18 @@ end
 local function basename(path) return (path:gsub("/+$", ""):match("([^/]+)$") or path) end
 local function stem(path) return (basename(path):gsub("%.lua$", "")) end
 
-local function random_chars(n)
+-- n random bytes: getrandom, else /dev/urandom, else nil
+local function random_bytes(n)
+  local bytes = _atom.random_bytes(n)
+  if bytes then return bytes end
   local f = io.open("/dev/urandom", "rb")
-  local bytes = f and f:read(n) or tostring(_atom.now())
+  bytes = f and f:read(n)
   if f then f:close() end
+  return bytes
+end
+
+local function random_chars(n)
+  local bytes = random_bytes(n) or tostring(_atom.now())
   local alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
   local out = {}
   for i = 1, n do
@@ -145,9 +153,7 @@ local function random_chars(n)
 end
 
 local function fresh_seed()
-  local f = io.open("/dev/urandom", "rb")
-  local s = f and f:read(8)
-  if f then f:close() end
+  local s = random_bytes(8)
   local n = s and string.unpack("<i8", s) or math.floor(_atom.now() * 1e9)
   return n & math.maxinteger
 end
