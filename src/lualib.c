@@ -254,6 +254,49 @@ static const luaL_Reg *const atom_lib[] = {
     runtime_lib,  /* this file: files and the terminal */
     NULL};
 
+/* Fill `_atom` (on top of the stack) with every subsystem's functions, and
+ * register their types. */
+static void fill_atom(lua_State *L) {
+  for (int i = 0; atom_lib[i]; i++) luaL_setfuncs(L, atom_lib[i], 0);
+  sched_register(L);
+  proc_register(L);
+  rawpipe_register(L);
+  http_register(L);
+  hstream_register(L);
+  net_register(L);
+  ports_register(L);
+  ws_register(L);
+  netns_register(L);
+  proxy_register(L);
+  json_register(L);
+  remote_register(L);
+}
+
+/* __index of a control state's `_atom` until it is filled: the first key
+ * it lacks fills it whole, so every function comes with its types. */
+static int fill_on_demand(lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushnil(L);
+  lua_setmetatable(L, 1);
+  lua_pushvalue(L, 1);
+  fill_atom(L);
+  lua_pop(L, 1);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+static bool lazy_atom;
+
+/* The CLI's control state runs cli.lua and the reporters, which use a few
+ * plain functions of `_atom` (files, the clock, the terminal): it starts
+ * with those, and the rest (a fifth of the state's opening: every
+ * subsystem's functions and types) comes at the first other key, e.g. for
+ * `atomlua trace`. Called on the main thread, as that first key is. */
+int runtime_open_control(lua_State *L) {
+  lazy_atom = true;
+  return runtime_open(L, true);
+}
+
 int runtime_open(lua_State *L, bool cli) {
   runtime_cli = cli;
   loop_init();
@@ -269,19 +312,21 @@ int runtime_open(lua_State *L, bool cli) {
     for (n_modules = 0; embedded_modules[n_modules].module;) n_modules++;
   }
   lua_createtable(L, 0, n_funcs + 16); /* _atom, and what the subsystems add */
-  for (int i = 0; atom_lib[i]; i++) luaL_setfuncs(L, atom_lib[i], 0);
-  sched_register(L);
-  proc_register(L);
-  rawpipe_register(L);
-  http_register(L);
-  hstream_register(L);
-  net_register(L);
-  ports_register(L);
-  ws_register(L);
-  netns_register(L);
-  proxy_register(L);
-  json_register(L);
-  remote_register(L);
+  if (lazy_atom) {
+    lazy_atom = false;
+    luaL_setfuncs(L, runtime_lib, 0);
+    for (const luaL_Reg *r = sched_lib; r->name; r++)
+      if (strcmp(r->name, "now") == 0) {
+        lua_pushcfunction(L, r->func);
+        lua_setfield(L, -2, "now");
+      }
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, fill_on_demand);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+  } else {
+    fill_atom(L);
+  }
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");
   lua_pushstring(L, ATOM_VERSION);

@@ -412,7 +412,7 @@ static int pmain(lua_State *L) {
   /* No collection while the runtime and the CLI's modules load: they all
    * stay. lua/atom/cli.lua calls _cli.loaded() before the real work. */
   lua_gc(L, LUA_GCSTOP);
-  runtime_open(L, true);
+  runtime_open_control(L);
   /* The CLI's functions (the control state's `_cli`, for lua/atom/cli.lua). */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   static const luaL_Reg cli_fns[] = {{"run_file", l_run_file},
