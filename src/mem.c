@@ -4,8 +4,9 @@
  * far from any handler that could say which file it was. So the allocator
  * notes it, and releases a reserve block, so that the scheduler can stop the
  * file (sched.c) and the reports can still be written: the file ends with an
- * "out of memory" scenario error naming it. Module mode keeps the host's
- * allocator. */
+ * "out of memory" scenario error naming it. Both the file states and the
+ * CLI's control state start on a bump arena while their modules load (the
+ * start-up arena, below). Module mode keeps the host's allocator. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
