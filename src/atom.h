@@ -29,9 +29,10 @@ extern bool runtime_cli;     /* the atomlua binary (true) or module mode */
  * then requires "atom" and leaves it on the stack. `cli` is true for the atomlua
  * binary (signals, watchdog), false in module mode. */
 int runtime_open(lua_State *L, bool cli);
-/* The same for the CLI's control state: `_atom` filled on first use but for
- * the clock and the file functions (lualib.c). */
+/* The same for the CLI's control state and its file states: `_atom` filled
+ * at the first key beyond what an empty run uses (lualib.c). */
 int runtime_open_control(lua_State *L);
+int runtime_open_file(lua_State *L);
 /* Closes every handle still open on the loop and runs it until they are gone. */
 void runtime_close_handles(void);
 void runtime_init_loop(void); /* the loop exists (the CLI makes it before any Lua) */

@@ -272,8 +272,8 @@ static void fill_atom(lua_State *L) {
   remote_register(L);
 }
 
-/* __index of a control state's `_atom` until it is filled: the first key
- * it lacks fills it whole, so every function comes with its types. */
+/* __index of a CLI state's `_atom` until it is filled: the first key it
+ * lacks fills it whole, so every function comes with its types. */
 static int fill_on_demand(lua_State *L) {
   lua_settop(L, 2);
   lua_pushnil(L);
@@ -285,15 +285,47 @@ static int fill_on_demand(lua_State *L) {
   return 1;
 }
 
-static bool lazy_atom;
+/* What a CLI state's `_atom` starts with: functions that need no
+ * subsystem's types (and the scheduler's, registered at once). The rest,
+ * over half of `_atom` and its metatables, comes at the first other key
+ * (fill_on_demand): on the main thread, which alone runs these states
+ * until then. An empty run never needs it. */
+struct start_set {
+  const luaL_Reg *libs[4];
+  const char *names[3];
+  bool sched_types;
+};
+/* The control state: cli.lua and the reporters (files, the clock). */
+static const struct start_set control_set = {{runtime_lib}, {"now"}, false};
+/* A file state: what scenario.lua, atom and atom.task use to run a file. */
+static const struct start_set file_set = {
+    {runtime_lib, sched_lib, work_lib}, {"proc_cwd", "isolated"}, true};
+static const struct start_set *start_set;
 
-/* The CLI's control state runs cli.lua and the reporters, which use a few
- * plain functions of `_atom` (files, the clock, the terminal): it starts
- * with those, and the rest (a fifth of the state's opening: every
- * subsystem's functions and types) comes at the first other key, e.g. for
- * `atomlua trace`. Called on the main thread, as that first key is. */
+static void open_start_set(lua_State *L, const struct start_set *set) {
+  for (int i = 0; i < 4 && set->libs[i]; i++) luaL_setfuncs(L, set->libs[i], 0);
+  for (int n = 0; n < 3 && set->names[n]; n++)
+    for (int i = 0; atom_lib[i]; i++)
+      for (const luaL_Reg *r = atom_lib[i]; r->name; r++)
+        if (strcmp(r->name, set->names[n]) == 0) {
+          lua_pushcfunction(L, r->func);
+          lua_setfield(L, -2, r->name);
+        }
+  if (set->sched_types) sched_register(L);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, fill_on_demand);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+}
+
+/* The CLI's states: `_atom` filled on first use (above). */
 int runtime_open_control(lua_State *L) {
-  lazy_atom = true;
+  start_set = &control_set;
+  return runtime_open(L, true);
+}
+
+int runtime_open_file(lua_State *L) {
+  start_set = &file_set;
   return runtime_open(L, true);
 }
 
@@ -312,18 +344,9 @@ int runtime_open(lua_State *L, bool cli) {
     for (n_modules = 0; embedded_modules[n_modules].module;) n_modules++;
   }
   lua_createtable(L, 0, n_funcs + 16); /* _atom, and what the subsystems add */
-  if (lazy_atom) {
-    lazy_atom = false;
-    luaL_setfuncs(L, runtime_lib, 0);
-    for (const luaL_Reg *r = sched_lib; r->name; r++)
-      if (strcmp(r->name, "now") == 0) {
-        lua_pushcfunction(L, r->func);
-        lua_setfield(L, -2, "now");
-      }
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, fill_on_demand);
-    lua_setfield(L, -2, "__index");
-    lua_setmetatable(L, -2);
+  if (start_set) {
+    open_start_set(L, start_set);
+    start_set = NULL;
   } else {
     fill_atom(L);
   }

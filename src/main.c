@@ -318,7 +318,7 @@ static int l_run_file(lua_State *L) {
   /* No collection while the runtime and its modules load: they all stay.
    * lua/atom/scenario.lua calls _cli.loaded() before the file's code. */
   lua_gc(F, LUA_GCSTOP);
-  runtime_open(F, true);
+  runtime_open_file(F);
   /* The Face's own functions go in `_cli`, apart from the runtime's
    * `_atom`: only lua/atom/scenario.lua (the file state's entry) uses them. */
   static const luaL_Reg file_fns[] = {{"forward", l_forward},
