@@ -29,6 +29,10 @@ extern bool runtime_cli;     /* the atomlua binary (true) or module mode */
  * then requires "atom" and leaves it on the stack. `cli` is true for the atomlua
  * binary (signals, watchdog), false in module mode. */
 int runtime_open(lua_State *L, bool cli);
+/* The same for the CLI's control state and its file states: `_atom` filled
+ * at the first key beyond what an empty run uses (lualib.c). */
+int runtime_open_control(lua_State *L);
+int runtime_open_file(lua_State *L);
 /* Closes every handle still open on the loop and runs it until they are gone. */
 void runtime_close_handles(void);
 void runtime_init_loop(void); /* the loop exists (the CLI makes it before any Lua) */
@@ -57,9 +61,12 @@ void timer_shutdown(void);           /* close the uv timer (end of process / mod
 
 /* {==== the watch thread (watch.c) ==== */
 
-/* Run check() every 50 ms on a thread of its own, independent of the loop
- * (started on first use; a check is added once). */
+/* Run check() every 50 ms on a thread of its own, independent of the loop,
+ * once the thread is started (a check is added once). */
 void watch_add(void (*check)(void));
+/* Start the thread (once): timer.c with the first timer, main.c at a signal. */
+void watch_start(void);
+bool watch_started(void);
 
 /* }==== */
 
@@ -137,6 +144,9 @@ void sched_on_run_end(void (*fn)(lua_State *L));
 /* The run is being stopped (a signal): preempt a task that never suspends
  * even when no timer is overdue. Safe from any thread. */
 void sched_set_urgent(void);
+/* The same at once, from a signal handler on the main thread (before the
+ * watch thread runs): the running task yields to the loop. */
+void sched_preempt_now(void);
 
 void sched_shutdown(void);     /* close the scheduler's handles (runtime_close_handles) */
 void sched_reset(void);        /* a file state closes: forget its references */
@@ -190,6 +200,10 @@ double util_now_loop(void);
 
 /* A Lua state on the counting allocator (limit: $ATOMLUA_MEM_LIMIT). */
 lua_State *mem_newstate(void);
+/* The control state allocates from a start-up arena too (mem.c); both
+ * states leave it when their modules are loaded: mem_arena_end. */
+void mem_control_state(lua_State *L);
+void mem_arena_end(lua_State *L);
 /* True once an allocation of that state failed for good (a reserve was
  * released so that the file can still end and report). */
 bool mem_exhausted(void);

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "atom.h"
@@ -179,8 +181,29 @@ static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *
 /* _atom.rm_rf(path): remove a run directory and everything in it. */
 static int l_rm_rf(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  if (rmdir(path) == 0) return 0; /* empty: most runs write nothing */
   nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
   return 0;
+}
+
+/* _atom.file_type(path) -> "file" | "directory" | "other", or nil when
+ * stat fails (follows symlinks, like luv's fs_stat). */
+static int l_file_type(lua_State *L) {
+  struct stat st;
+  if (stat(luaL_checkstring(L, 1), &st) != 0) return 0;
+  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other");
+  return 1;
+}
+
+/* _atom.random_bytes(n) -> n bytes from the kernel's generator (getrandom),
+ * or nil. */
+static int l_random_bytes(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 256, 1, "0 to 256 bytes");
+  char buf[256];
+  if (getrandom(buf, (size_t)n, 0) != (ssize_t)n) return 0;
+  lua_pushlstring(L, buf, (size_t)n);
+  return 1;
 }
 
 /* _atom.isatty(fd) */
@@ -198,9 +221,14 @@ static int l_where(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg runtime_lib[] = {{"where", l_where},     {"rm_rf", l_rm_rf},
-                                       {"isatty", l_isatty},   {"luv_handles", l_luv_handles},
-                                       {"mkdir_p", l_mkdir_p}, {NULL, NULL}};
+static const luaL_Reg runtime_lib[] = {{"where", l_where},
+                                       {"rm_rf", l_rm_rf},
+                                       {"isatty", l_isatty},
+                                       {"luv_handles", l_luv_handles},
+                                       {"mkdir_p", l_mkdir_p},
+                                       {"file_type", l_file_type},
+                                       {"random_bytes", l_random_bytes},
+                                       {NULL, NULL}};
 
 /* The private C library `_atom`, in one place: every C function the Lua
  * modules may call, by subsystem (each table sits beside its functions).
@@ -226,12 +254,9 @@ static const luaL_Reg *const atom_lib[] = {
     runtime_lib,  /* this file: files and the terminal */
     NULL};
 
-int runtime_open(lua_State *L, bool cli) {
-  runtime_cli = cli;
-  loop_init();
-  luaL_openlibs(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_newtable(L); /* _atom */
+/* Fill `_atom` (on top of the stack) with every subsystem's functions, and
+ * register their types. */
+static void fill_atom(lua_State *L) {
   for (int i = 0; atom_lib[i]; i++) luaL_setfuncs(L, atom_lib[i], 0);
   sched_register(L);
   proc_register(L);
@@ -245,6 +270,86 @@ int runtime_open(lua_State *L, bool cli) {
   proxy_register(L);
   json_register(L);
   remote_register(L);
+}
+
+/* __index of a CLI state's `_atom` until it is filled: the first key it
+ * lacks fills it whole, so every function comes with its types. */
+static int fill_on_demand(lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushnil(L);
+  lua_setmetatable(L, 1);
+  lua_pushvalue(L, 1);
+  fill_atom(L);
+  lua_pop(L, 1);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+/* What a CLI state's `_atom` starts with: functions that need no
+ * subsystem's types (and the scheduler's, registered at once). The rest,
+ * over half of `_atom` and its metatables, comes at the first other key
+ * (fill_on_demand): on the main thread, which alone runs these states
+ * until then. An empty run never needs it. */
+struct start_set {
+  const luaL_Reg *libs[4];
+  const char *names[3];
+  bool sched_types;
+};
+/* The control state: cli.lua and the reporters (files, the clock). */
+static const struct start_set control_set = {{runtime_lib}, {"now"}, false};
+/* A file state: what scenario.lua, atom and atom.task use to run a file. */
+static const struct start_set file_set = {
+    {runtime_lib, sched_lib, work_lib}, {"proc_cwd", "isolated"}, true};
+static const struct start_set *start_set;
+
+static void open_start_set(lua_State *L, const struct start_set *set) {
+  for (int i = 0; i < 4 && set->libs[i]; i++) luaL_setfuncs(L, set->libs[i], 0);
+  for (int n = 0; n < 3 && set->names[n]; n++)
+    for (int i = 0; atom_lib[i]; i++)
+      for (const luaL_Reg *r = atom_lib[i]; r->name; r++)
+        if (strcmp(r->name, set->names[n]) == 0) {
+          lua_pushcfunction(L, r->func);
+          lua_setfield(L, -2, r->name);
+        }
+  if (set->sched_types) sched_register(L);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, fill_on_demand);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+}
+
+/* The CLI's states: `_atom` filled on first use (above). */
+int runtime_open_control(lua_State *L) {
+  start_set = &control_set;
+  return runtime_open(L, true);
+}
+
+int runtime_open_file(lua_State *L) {
+  start_set = &file_set;
+  return runtime_open(L, true);
+}
+
+int runtime_open(lua_State *L, bool cli) {
+  runtime_cli = cli;
+  loop_init();
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  /* Tables made at their final size: growing them rehashes every entry
+   * again at each doubling (a tenth of the runtime's opening). */
+  static int n_funcs = -1, n_modules;
+  if (n_funcs < 0) {
+    n_funcs = 0;
+    for (int i = 0; atom_lib[i]; i++)
+      for (const luaL_Reg *r = atom_lib[i]; r->name; r++) n_funcs++;
+    for (n_modules = 0; embedded_modules[n_modules].module;) n_modules++;
+  }
+  lua_createtable(L, 0, n_funcs + 16); /* _atom, and what the subsystems add */
+  if (start_set) {
+    open_start_set(L, start_set);
+    start_set = NULL;
+  } else {
+    fill_atom(L);
+  }
   lua_pushboolean(L, cli);
   lua_setfield(L, -2, "cli");
   lua_pushstring(L, ATOM_VERSION);
@@ -253,6 +358,16 @@ int runtime_open(lua_State *L, bool cli) {
   lua_setfield(L, -3, "_atom");
   lua_pop(L, 2);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  if (cli) { /* a new state's package.preload, still empty: made again at its final size */
+    lua_pop(L, 1);
+    lua_createtable(L, 0, n_modules + 2);
+    lua_getglobal(L, "package");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "preload");
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  }
   /* busted's insulation empties package.loaded between spec files, not
    * package.preload: let `require "_atom"` find the same table again. */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

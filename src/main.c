@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,10 +58,18 @@ static volatile int hard_exit_code;
 
 static int signal_status(int sig) { return sig == SIGINT ? 130 : sig == SIGTERM ? 143 : 129; }
 
+static pid_t main_tid;
 static void signal_handler(int sig) {
+  /* Until the watch thread runs (watch.c), the main thread preempts a task
+   * that never suspends itself, so it must be the one handling the signal. */
+  if (!watch_started() && gettid() != main_tid) {
+    syscall(SYS_tgkill, getpid(), main_tid, sig);
+    return;
+  }
   if (first_signal) _exit(signal_status(first_signal)); /* a second signal: at once */
   first_signal = sig;
-  uv_async_send(&signal_async); /* async-signal-safe */
+  uv_async_send(&signal_async);              /* async-signal-safe */
+  if (!watch_started()) sched_preempt_now(); /* the loop gets control back */
 }
 
 /* Ctrl-Z: stop the run's process groups too (the reaper knows them all
@@ -111,6 +120,7 @@ static void run_deadline_cb(struct timer *t) {
 
 static void signal_async_cb(uv_async_t *h) {
   (void)h;
+  watch_start(); /* the watchdog's hard exit, further preemption */
   int sig = first_signal;
   const char *name = sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGHUP";
   char msg[64];
@@ -271,6 +281,19 @@ static void report_leaks(const char *what) {
   if (tasks || handles || refs || children) leaks_found = 1;
 }
 
+/* _cli.loaded(): the state's modules are loaded. Both states start with the
+ * collector stopped and allocating from a start-up arena (mem.c): what loads
+ * first stays. From here the collector runs, its first cycle due once the
+ * heap has doubled (as after a collection), and blocks come from malloc. */
+static int l_loaded(lua_State *L) {
+  mem_arena_end(L);
+  if (!lua_gc(L, LUA_GCISRUNNING)) {
+    lua_gc(L, LUA_GCRESTART);
+    lua_gc(L, LUA_GCSTEP, -lua_gc(L, LUA_GCCOUNT)); /* in KiB: the debt */
+  }
+  return 0;
+}
+
 /* _cli.stop_reason() -> nil | "timeout" | "SIGINT" | ..., message */
 static int l_stop_reason(lua_State *L) {
   if (!stop_reason) return 0;
@@ -292,10 +315,14 @@ static int l_run_file(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_State *F = mem_newstate();
   if (!F) return luaL_error(L, "out of memory");
-  runtime_open(F, true);
+  /* No collection while the runtime and its modules load: they all stay.
+   * lua/atom/scenario.lua calls _cli.loaded() before the file's code. */
+  lua_gc(F, LUA_GCSTOP);
+  runtime_open_file(F);
   /* The Face's own functions go in `_cli`, apart from the runtime's
    * `_atom`: only lua/atom/scenario.lua (the file state's entry) uses them. */
   static const luaL_Reg file_fns[] = {{"forward", l_forward},
+                                      {"loaded", l_loaded},
                                       {"stop_reason", l_stop_reason},
                                       {"out_of_memory", l_out_of_memory},
                                       {NULL, NULL}};
@@ -352,7 +379,7 @@ static int l_set_limits(lua_State *L) {
     timer_start(&run_deadline, timeout_secs, run_deadline_cb);
     watchdog_deadline_ns = uv_hrtime() + (uint64_t)((timeout_secs + grace_secs + 1) * 1e9);
   }
-  watch_add(watchdog_check); /* every 50 ms, off the loop */
+  watch_add(watchdog_check); /* every 50 ms, off the loop, once a timer or a signal starts it */
   return 0;
 }
 
@@ -382,7 +409,10 @@ static int l_leaks_found(lua_State *L) {
 static int pmain(lua_State *L) {
   int argc = (int)lua_tointeger(L, 1);
   char **argv = lua_touserdata(L, 2);
-  runtime_open(L, true);
+  /* No collection while the runtime and the CLI's modules load: they all
+   * stay. lua/atom/cli.lua calls _cli.loaded() before the real work. */
+  lua_gc(L, LUA_GCSTOP);
+  runtime_open_control(L);
   /* The CLI's functions (the control state's `_cli`, for lua/atom/cli.lua). */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   static const luaL_Reg cli_fns[] = {{"run_file", l_run_file},
@@ -393,6 +423,7 @@ static int pmain(lua_State *L) {
                                      {"leaks_found", l_leaks_found},
                                      {"set_emergency", l_set_emergency},
                                      {"log_errors", l_log_errors},
+                                     {"loaded", l_loaded},
                                      {NULL, NULL}};
   luaL_newlib(L, cli_fns);
   lua_setfield(L, -2, "_cli");
@@ -430,6 +461,7 @@ int main(int argc, char **argv) {
   timer_init(&run_grace);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
+  main_tid = gettid();
   sa.sa_handler = signal_handler;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
@@ -440,6 +472,7 @@ int main(int argc, char **argv) {
   sigaction(SIGTSTP, &sa, NULL);
   lua_State *L = luaL_newstate();
   if (!L) return 70;
+  mem_control_state(L); /* a start-up arena, until _cli.loaded() */
   control = L;
   pthread_mutex_lock(&control_lock); /* released while a file state runs */
   lua_pushcfunction(L, pmain);

@@ -4,13 +4,106 @@
  * far from any handler that could say which file it was. So the allocator
  * notes it, and releases a reserve block, so that the scheduler can stop the
  * file (sched.c) and the reports can still be written: the file ends with an
- * "out of memory" scenario error naming it. Module mode keeps the host's
- * allocator. */
+ * "out of memory" scenario error naming it. Both the file states and the
+ * CLI's control state start on a bump arena while their modules load (the
+ * start-up arena, below). Module mode keeps the host's allocator. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "atom.h"
+
+/* {==== the start-up arena ====
+ *
+ * A new state allocates a few thousand small blocks while the runtime and
+ * its modules load (the embedded bytecode's strings and prototypes, the
+ * `_atom` table), nearly all of which live as long as the state: malloc
+ * was a quarter of an empty run's instructions. Until mem_arena_end, blocks
+ * come from a bump arena in bss (untouched pages cost nothing); freeing one
+ * does nothing, growing the newest one extends it in place. Afterwards
+ * (and when the arena is full) the state allocates with malloc as before;
+ * arena blocks are then never reused, only released with the arena. */
+
+#define ARENA_SIZE (1u << 20)
+struct arena {
+  char *next, *end;
+  bool on;
+  _Alignas(16) char mem[ARENA_SIZE];
+};
+static struct arena control_arena, file_arena;
+
+static void arena_start(struct arena *a) {
+  a->next = a->mem;
+  a->end = a->mem + ARENA_SIZE;
+  a->on = true;
+}
+
+static bool in_arena(const struct arena *a, const void *p) {
+  return (const char *)p >= a->mem && (const char *)p < a->mem + ARENA_SIZE;
+}
+
+/* A new block from the arena, or NULL when it is off or full. */
+static inline void *arena_take(struct arena *a, size_t nsize) {
+  size_t want = (nsize + 15) & ~(size_t)15;
+  if (!a->on || (size_t)(a->end - a->next) < want) return NULL;
+  void *p = a->next;
+  a->next += want;
+  return p;
+}
+
+/* realloc(ptr, nsize) for a block `ptr` of `osize` bytes, or NULL. */
+static void *arena_realloc(struct arena *a, void *ptr, size_t osize, size_t nsize) {
+  size_t want = (nsize + 15) & ~(size_t)15;
+  if (ptr && in_arena(a, ptr)) {
+    if (nsize <= osize) return ptr;
+    if ((char *)ptr + ((osize + 15) & ~(size_t)15) == a->next &&
+        (size_t)(a->end - (char *)ptr) >= want) {
+      a->next = (char *)ptr + want; /* the newest block grows in place */
+      return ptr;
+    }
+  } else if (ptr || !a->on || (size_t)(a->end - a->next) < want) {
+    return realloc(ptr, nsize); /* a malloc'd block, or no room */
+  }
+  void *p;
+  if (a->on && (size_t)(a->end - a->next) >= want) {
+    p = a->next;
+    a->next += want;
+  } else if (!(p = malloc(nsize))) {
+    return NULL;
+  }
+  if (ptr) memcpy(p, ptr, osize < nsize ? osize : nsize);
+  return p;
+}
+
+static void arena_free(struct arena *a, void *ptr) {
+  if (!in_arena(a, ptr)) free(ptr);
+}
+
+/* The control state's allocator (lua_setallocf; ud: its arena). */
+static void *control_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  if (!ptr && nsize) {
+    void *p = arena_take(ud, nsize);
+    if (p) return p;
+  }
+  if (nsize == 0) {
+    arena_free(ud, ptr);
+    return NULL;
+  }
+  return arena_realloc(ud, ptr, ptr ? osize : 0, nsize);
+}
+
+void mem_control_state(lua_State *L) {
+  arena_start(&control_arena);
+  lua_setallocf(L, control_alloc, &control_arena);
+}
+
+void mem_arena_end(lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  if (f == control_alloc || ud == &file_arena) ((struct arena *)ud)->on = false;
+}
+
+/* }==== */
 
 /* Released at the first real failure: room for cancelling, reporting and
  * closing the state. */
@@ -106,13 +199,39 @@ static void *block_realloc(void *ptr, size_t old, size_t size) {
   return p;
 }
 
+/* A file-arena block resized: it shrinks in place, the newest one grows in
+ * place, any other moves out to the small blocks or malloc (its arena copy
+ * is left for the arena's end). */
+static void *arena_move(void *ptr, size_t old, size_t size) {
+  struct arena *a = &file_arena;
+  size_t want = (size + 15) & ~(size_t)15;
+  if (size <= old) return ptr;
+  if ((char *)ptr + ((old + 15) & ~(size_t)15) == a->next &&
+      (size_t)(a->end - (char *)ptr) >= want) {
+    a->next = (char *)ptr + want;
+    return ptr;
+  }
+  void *p = block_realloc(NULL, 0, size);
+  if (p) memcpy(p, ptr, old);
+  return p;
+}
+
 /* }==== */
 
 static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   (void)ud;
+  if (!ptr && nsize && !M.limit && !M.failed) { /* the common case while loading */
+    void *p = arena_take(&file_arena, nsize);
+    if (p) {
+      M.used += nsize;
+      return p;
+    }
+  }
   size_t old = ptr ? osize : 0; /* without ptr, osize tells the kind of object */
   if (nsize == 0) {
-    if (ptr && is_small(old))
+    if (!ptr || in_arena(&file_arena, ptr))
+      ; /* arena blocks go with the arena */
+    else if (is_small(old))
       small_put(ptr, old);
     else
       free(ptr);
@@ -121,7 +240,8 @@ static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   void *p = NULL;
   if (!M.limit || nsize <= old || M.used - old + nsize <= M.limit)
-    p = block_realloc(ptr, old, nsize);
+    p = ptr && in_arena(&file_arena, ptr) ? arena_move(ptr, old, nsize)
+                                          : block_realloc(ptr, old, nsize);
   bool again = M.failed && M.fail_ptr == ptr && M.fail_size == nsize;
   if (M.failed && (!p || !again) && !M.exhausted) exhausted();
   if (!p) {
@@ -172,7 +292,8 @@ lua_State *mem_newstate(void) {
   M.exhausted = M.announced = false;
   M.failed = false;
   if (!M.reserve) M.reserve = malloc(RESERVE);
-  lua_State *L = lua_newstate(mem_alloc, NULL);
+  arena_start(&file_arena); /* the previous file state is closed */
+  lua_State *L = lua_newstate(mem_alloc, &file_arena);
   if (L) lua_atpanic(L, mem_panic);
   return L;
 }

@@ -1005,6 +1005,14 @@ static void run_task(struct task *t) {
 static volatile bool urgent;
 void sched_set_urgent(void) { urgent = true; }
 
+/* Async-signal-safe on the main thread, which alone sets running_co (so it
+ * is the task being run, or NULL): lua_sethook may be called from a signal
+ * handler. */
+void sched_preempt_now(void) {
+  lua_State *co = running_co;
+  if (co) lua_sethook(co, preempt_hook, LUA_MASKCOUNT, 1000);
+}
+
 static void preempt_check(void) {
   uint64_t due = timer_next_due();
   bool overdue = due != UINT64_MAX && uv_hrtime() > due + 50 * 1000000ull;

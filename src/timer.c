@@ -178,6 +178,12 @@ void timer_init(struct timer *t) {
 }
 
 void timer_start(struct timer *t, double secs, void (*cb)(struct timer *)) {
+  /* A deadline that can be overdue: the preemption check has work now. */
+  static bool watching;
+  if (!watching) {
+    watching = true;
+    watch_start();
+  }
   timer_stop(t);
   apply_stopped();
   /* The delay is rounded up to whole milliseconds, then the deadline (in

@@ -149,6 +149,8 @@ int util_mkdir_p(const char *path) {
   char buf[4096];
   size_t n = strlen(path);
   if (n == 0 || n >= sizeof buf) return -1;
+  /* Most often the parents exist: one mkdir. */
+  if (mkdir(path, 0777) == 0 || errno == EEXIST) return 0;
   memcpy(buf, path, n + 1);
   for (char *p = buf + 1; *p; p++) {
     if (*p != '/') continue;

@@ -5,7 +5,8 @@
  * neither: checks run on this thread, so they may only touch what is safe
  * from another thread (atomics, a count hook under a lock, _exit; the CLI's
  * watchdog also runs its reporters in the control Lua state, under the lock
- * the main thread holds while it uses that state). */
+ * the main thread holds while it uses that state). The thread starts only
+ * once there is something to watch (watch_start). */
 #include <pthread.h>
 #include <time.h>
 
@@ -14,7 +15,7 @@
 enum { MAX_CHECKS = 4 };
 static void (*volatile checks[MAX_CHECKS])(void);
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static bool started;
+static volatile bool started;
 
 static void *watch_main(void *arg) {
   (void)arg;
@@ -38,6 +39,14 @@ void watch_add(void (*check)(void)) {
     if (!checks[i] && free_slot < 0) free_slot = i;
   }
   if (!known && free_slot >= 0) checks[free_slot] = check;
+  pthread_mutex_unlock(&lock);
+}
+
+/* The thread starts when a check could have something to do: with the first
+ * timer (timer.c: a deadline can be overdue only once one exists) or at a
+ * signal (main.c). An empty run never starts it. */
+void watch_start(void) {
+  pthread_mutex_lock(&lock);
   if (!started) {
     pthread_t th;
     pthread_attr_t attr;
@@ -51,3 +60,5 @@ void watch_add(void (*check)(void)) {
   }
   pthread_mutex_unlock(&lock);
 }
+
+bool watch_started(void) { return started; }

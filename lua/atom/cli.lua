@@ -131,10 +131,18 @@ end
 local function basename(path) return (path:gsub("/+$", ""):match("([^/]+)$") or path) end
 local function stem(path) return (basename(path):gsub("%.lua$", "")) end
 
-local function random_chars(n)
+-- n random bytes: getrandom, else /dev/urandom, else nil
+local function random_bytes(n)
+  local bytes = _atom.random_bytes(n)
+  if bytes then return bytes end
   local f = io.open("/dev/urandom", "rb")
-  local bytes = f and f:read(n) or tostring(_atom.now())
+  bytes = f and f:read(n)
   if f then f:close() end
+  return bytes
+end
+
+local function random_chars(n)
+  local bytes = random_bytes(n) or tostring(_atom.now())
   local alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
   local out = {}
   for i = 1, n do
@@ -145,9 +153,7 @@ local function random_chars(n)
 end
 
 local function fresh_seed()
-  local f = io.open("/dev/urandom", "rb")
-  local s = f and f:read(8)
-  if f then f:close() end
+  local s = random_bytes(8)
   local n = s and string.unpack("<i8", s) or math.floor(_atom.now() * 1e9)
   return n & math.maxinteger
 end
@@ -233,18 +239,17 @@ end
 -- A directory given as a scenario stands for its *.lua files (not those
 -- of subdirectories), in sorted order. Returns the list, or nil and why.
 local function expand_dirs(files)
-  local uv = require("luv")
   local out = {}
   for _, f in ipairs(files) do
-    local st = uv.fs_stat(f)
-    if st and st.type == "directory" then
+    -- luv only when a directory is given: opening it is a fifth of a run's start-up
+    if _atom.file_type(f) == "directory" then
+      local uv = require("luv")
       local found, req = {}, uv.fs_scandir(f)
       while req do
         local name = uv.fs_scandir_next(req)
         if not name then break end
         local path = f:gsub("/+$", "") .. "/" .. name
-        local pst = name:match("%.lua$") and uv.fs_stat(path)
-        if pst and pst.type == "file" then found[#found + 1] = path end
+        if name:match("%.lua$") and _atom.file_type(path) == "file" then found[#found + 1] = path end
       end
       if #found == 0 then return nil, ("no *.lua file in directory %s"):format(f) end
       table.sort(found)
@@ -308,6 +313,7 @@ local function run_command(o, argv, command)
   local tracker = new_tracker()
   local okr, reporters, live = pcall(make_reporters, o, tracker.track)
   if not okr then return bad_input(tostring(reporters)) end
+  _cli.loaded() -- the modules are loaded (see M.main)
   _cli.set_limits(o.timeout, o.grace or 10)
   local workdir = o.workdir or ".atomlua/runs"
   local name = stem(command == "trace" and o.reactor or o.files[1] or "shard")
@@ -493,6 +499,10 @@ end
 ---@return integer exit status
 function M.main(args)
   local command = args[1]
+  -- The control state starts with the collector stopped and a start-up
+  -- arena (src/main.c, l_loaded): `run` ends them once its reporters are
+  -- loaded, other commands here.
+  if command ~= "run" then _cli.loaded() end
   if command == nil then return usage_error("no command given") end
   if command == "version" or command == "--version" then
     print("atomlua " .. _atom.version .. " (" .. _VERSION .. ", libuv " .. require("luv").version_string() .. ")")

@@ -2,8 +2,9 @@
 -- modules. The same table is the global `atom` in scenarios and the result
 -- of `require "atom"` (also from stock lua5.4, module mode).
 local _atom = require "_atom"
-local sched = require "atom.sched"
-local sync = require "atom.sync"
+-- How every task ends (src/sched.c's trampoline); atom.sched and atom.sync
+-- are topic modules loaded on first use, below.
+require "atom.task"
 local errors = require "atom.errors"
 local state = require "atom.state"
 
@@ -81,11 +82,7 @@ end
 
 local atom = {
   version = _atom.version,
-  sleep = sched.sleep, now = sched.now, name = sched.name,
-  gather = sched.gather, race = sched.race, map = sched.map,
-  timeout = sched.timeout, shield = sched.shield, go = sched.go,
-  defer = sched.defer, wait_until = sched.wait_until,
-  channel = sync.channel, event = sync.event, semaphore = sync.semaphore,
+  sleep = _atom.sleep, now = _atom.now,
   args = {},
   error = new_error, is_error = errors.is, where = where, checkpoint = function(what)
     errors.checktype(1, "checkpoint", what, "string", true)
@@ -105,6 +102,12 @@ local atom = {
 -- Topic modules load on first use, so a scenario pays only for what it
 -- touches (start-up time is a benchmark): name -> {module, field}.
 local lazy = {
+  -- structured concurrency and synchronisation
+  name = { "atom.sched", "name" }, gather = { "atom.sched", "gather" }, race = { "atom.sched", "race" },
+  map = { "atom.sched", "map" }, timeout = { "atom.sched", "timeout" }, shield = { "atom.sched", "shield" },
+  go = { "atom.sched", "go" }, defer = { "atom.sched", "defer" }, wait_until = { "atom.sched", "wait_until" },
+  channel = { "atom.sync", "channel" }, event = { "atom.sync", "event" },
+  semaphore = { "atom.sync", "semaphore" },
   -- tests (the runner, one layer up, loaded when a scenario or atom.run needs it)
   test = { "atom.runner", "test" }, skip = { "atom.runner", "skip" }, run = { "atom.runner", "run" },
   assert_eq = { "atom.assert", "assert_eq" }, repr = { "atom.assert", "render" },

@@ -241,4 +241,8 @@ function M.run(fn, ...)
   return table.unpack(res, 4, res.n)
 end
 
+-- The CLI's file state configures the runner as it loads (atom.scenario:
+-- --filter, --fail-fast, the stop reason); it loads at the first atom.test.
+if state.on_load["atom.runner"] then state.on_load["atom.runner"](M) end
+
 return M

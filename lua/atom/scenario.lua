@@ -5,11 +5,30 @@ local _atom = require "_atom"
 local _cli = require "_cli"
 local events = require "atom.events"
 local state = require "atom.state"
-local runner = require "atom.runner"
 local errors = require "atom.errors"
-local evidence = require "atom.report.evidence"
 
 local M = {}
+
+-- The runner and the failure evidence load on first use: the runner with
+-- the first test, the evidence with it or when a gather's first error
+-- cancels the others (an empty scenario needs neither: start-up time is a
+-- benchmark). Until then no test runs, none was abandoned, and no evidence
+-- exists. The first runner loaded is the one atom.test uses.
+local runner, evidence
+local configure_runner = function() end
+local function load_evidence()
+  evidence = evidence or require "atom.report.evidence"
+  return evidence
+end
+state.on_load["atom.runner"] = function(m)
+  if runner then return end
+  runner = m
+  load_evidence()
+  configure_runner(m)
+end
+state.on_load["atom.sched"] = function(m)
+  m.on_unwind = function(prefix) return load_evidence().note_cancelling(prefix) end
+end
 
 local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
@@ -54,7 +73,7 @@ local function start_live()
   M.tick = function()
     if held > 0 then return end
     local tests = {}
-    for name in pairs(evidence.running) do tests[#tests + 1] = name end
+    for name in pairs(evidence and evidence.running or {}) do tests[#tests + 1] = name end
     table.sort(tests)
     forward({ type = "_tick", elapsed = _atom.now(), tests = tests, procs = _atom.proc_children() })
   end
@@ -63,6 +82,7 @@ end
 --- Called by src/main.c right before --timeout or a signal cancels the
 --- root: note what each running test was waiting for.
 function M.before_stop()
+  if not evidence then return end -- no test ran
   state.tests_at_stop = next(evidence.running) ~= nil
   evidence.note_waiting(nil)
 end
@@ -76,7 +96,6 @@ function M.main(cfg)
   state.keep = cfg.keep -- --keep: hosts keep their h.dir too
   _atom.set_default_grace(state.grace)
   events.clock = _atom.now
-  runner.stop_reason = _cli.stop_reason
   if not _cli.events_all then
     -- Without --events/--html the CLI's reporters need only the runner's
     -- events: http/rpc events, one per request, are then not even built.
@@ -92,9 +111,8 @@ function M.main(cfg)
   else
     events.subscribe(_cli.forward)
   end
-  events.subscribe(function(ev) if ev.type == "rpc" then evidence.on_rpc(ev) end end)
+  events.subscribe(function(ev) if ev.type == "rpc" and evidence then evidence.on_rpc(ev) end end)
   if cfg.live then start_live() end
-  runner.filter = cfg.filter
   atom.args = cfg.args or {}
   atom.dir = absolute(dirname(cfg.file))
   package.path = atom.dir .. "/?.lua;" .. atom.dir .. "/?/init.lua;" .. package.path
@@ -105,19 +123,25 @@ function M.main(cfg)
     _atom.cancel_root(("cancelled: os.exit(%s)"):format(tostring(code)))
     _atom.checkpoint("os.exit")
   end
-  if cfg.fail_fast then
-    runner.on_test_end = function(ev)
-      if ev.status == "failed" and not state.fail_fast_hit then
-        state.fail_fast_hit = true
-        evidence.note_waiting(nil) -- what the concurrent tests were doing
-        _atom.cancel_root("cancelled: stopped by --fail-fast")
+  configure_runner = function(r)
+    r.stop_reason = _cli.stop_reason
+    r.filter = cfg.filter
+    if cfg.fail_fast then
+      r.on_test_end = function(ev)
+        if ev.status == "failed" and not state.fail_fast_hit then
+          state.fail_fast_hit = true
+          evidence.note_waiting(nil) -- what the concurrent tests were doing
+          _atom.cancel_root("cancelled: stopped by --fail-fast")
+        end
       end
     end
   end
+  if runner then configure_runner(runner) end
   events.emit("scenario_start", { file = cfg.file, suite = cfg.suite })
   local chunk = assert(loadfile(cfg.file, "t"))
   local bad_reactor
   if cfg.trace_paths then chunk = M.reactor_root(chunk, cfg, function(msg) bad_reactor = msg end) end
+  _cli.loaded() -- the collector on, the start-up arena left (src/main.c)
   local ok, root, status, err = _atom.run(chunk)
   if _cli.out_of_memory() then
     -- Wherever Lua raised it (a test, a callback, the reporting), the file
@@ -129,30 +153,31 @@ function M.main(cfg)
   local ev = { file = cfg.file, suite = cfg.suite, status = "ok" }
   local stopping, stop_message
   stopping, stop_message = _cli.stop_reason()
-  local abandoned = runner.fail_abandoned(stop_message or "cancelled: the scenario ended")
+  local abandoned = runner and runner.fail_abandoned(stop_message or "cancelled: the scenario ended") or 0
   local scenario_error = false
   -- A scenario-owned critical process that died while tests ran failed
   -- those tests; the scenario stopped, but that is no scenario error.
-  local tests_took_it = errors.is(err, "process") and runner.failed_causes[err]
+  local tests_took_it = errors.is(err, "process") and runner and runner.failed_causes[err]
   if not ok and exit_code == nil and not tests_took_it
     and not (status == "cancelled" and (stopping or state.fail_fast_hit)) then
     scenario_error = true
     ev.status = "error"
-    runner.failure_fields(ev, err, root)
-    ev._forensics = evidence.take_scenario_notes()
+    (runner or require "atom.runner").failure_fields(ev, err, root)
+    ev._forensics = evidence and evidence.take_scenario_notes()
   elseif not ok and stopping then
     -- Stopped by --timeout or a signal: not "ok". When it stopped running
     -- tests, their failures say it already; the reports show no more.
     ev.status = "error"
-    runner.failure_fields(ev, err, root)
+    (runner or require "atom.runner").failure_fields(ev, err, root)
     ev._quiet = state.tests_at_stop or abandoned > 0
   end
   events.emit("scenario_end", ev)
-  runner.close_luv_handles()
+  if #_atom.luv_handles() > 0 then (runner or require "atom.runner").close_luv_handles() end
+  local counts = runner and runner.counts or { passed = 0, failed = 0, skipped = 0 }
   return {
     bad_reactor = bad_reactor,
-    passed = runner.counts.passed, failed = runner.counts.failed, skipped = runner.counts.skipped,
-    matched = runner.matched or false, scenario_error = scenario_error, exit_code = exit_code,
+    passed = counts.passed, failed = counts.failed, skipped = counts.skipped,
+    matched = runner and runner.matched or false, scenario_error = scenario_error, exit_code = exit_code,
     fail_fast_hit = state.fail_fast_hit or false,
   }
 end

@@ -17,8 +17,6 @@ local checkpoint, task_name, result = _atom.checkpoint, _atom.task_name, _atom.r
 local select, type, error = select, type, error
 local argerror, is_error = errors.argerror, errors.is
 
-errors.task_name = function() return _atom.in_task_thread() and task_name() or nil end
-
 M.sleep = _atom.sleep
 M.now = _atom.now
 
@@ -259,5 +257,9 @@ function M.wait_until(fn, opts)
     if pause > 0 then _atom.sleep(pause) end
   end
 end
+
+-- The CLI's file state sets on_unwind as this loads (atom.scenario).
+local on_load = require("atom.state").on_load["atom.sched"]
+if on_load then on_load(M) end
 
 return M

@@ -5,6 +5,10 @@ local M = {
   file = nil,       -- the scenario file being run
   verbose = 0,      -- -v: 1, -q: -1
   grace = 10,       -- the cleanup grace (--grace)
+  -- Called with a module as it loads, by module name: how the CLI's file
+  -- state (atom.scenario) configures atom.runner and atom.sched, which load
+  -- on first use.
+  on_load = {},
 }
 
 --- The directory for logs of this scenario file, created on first use.

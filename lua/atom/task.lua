@@ -8,6 +8,9 @@ local errors = require "atom.errors"
 
 local M = {}
 
+-- The current task's name for errors made outside the scheduler's C side.
+errors.task_name = function() return _atom.in_task_thread() and _atom.task_name() or nil end
+
 -- Functions called with the task when a test or root task ends (step 4):
 -- the process module stops the processes the task owns.
 M.owner_end = {}

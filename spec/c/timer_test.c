@@ -10,6 +10,9 @@
 
 uv_loop_t *atom_loop;
 
+static int watch_starts; /* timer.c starts the watch thread with its first timer */
+void watch_start(void) { watch_starts++; }
+
 #define ASSERT(c)                                                               \
   do {                                                                          \
     if (!(c)) {                                                                 \
@@ -180,6 +183,7 @@ int main(void) {
   test_callbacks();
   test_many();
   test_buckets_and_shift();
+  ASSERT_EQ(watch_starts, 1);
   timer_shutdown();
   uv_run(atom_loop, UV_RUN_DEFAULT); /* let the close callback run */
   ASSERT_EQ(uv_loop_close(atom_loop), 0);

@@ -516,6 +516,20 @@ describe("tests that never yield, stopped runs and the watchdog", function()
     assert.equals("0 passed, 1 failed", last_line(r.out))
   end)
 
+  it("a signal stops a scenario that never suspends before any timer exists", function()
+    -- No timer, so no watch thread yet (src/watch.c): the signal handler
+    -- preempts the spinning root itself, then the grace abandons it.
+    local r, secs = timed(function()
+      return cli.run_signal({ "run", "--grace", "1", "--workdir", work .. "/runs", S [[
+        print("ready")
+        while true do end
+      ]] }, "ready", "INT")
+    end)
+    assert.equals(130, r.code, r.out .. r.err)
+    assert.matches("interrupted by SIGINT", r.out)
+    assert.is_true(secs < 30, "took " .. secs .. "s")
+  end)
+
   it("the watchdog's hard exit still writes JUnit, test_end, scenario_end and run_end", function()
     local fifo = work .. "/fifo"
     assert(os.execute("mkfifo " .. q(fifo)))
