@@ -76,7 +76,11 @@ static bool group_has_live_member(pid_t pgid) {
 static bool group_exists(struct proc *p) {
   if (p->pidfd >= 0) {
     long r = syscall(SYS_pidfd_send_signal, p->pidfd, 0, NULL, PIDFD_SIGNAL_PROCESS_GROUP);
-    if (r == 0 || errno == ESRCH) return r == 0;
+    if (r == 0 || errno == ESRCH) {
+      reaper_pidfd_groups = 1;
+      return r == 0;
+    }
+    if (errno == EINVAL) reaper_pidfd_groups = -1;
   }
   return !(kill(-p->pid, 0) < 0 && errno == ESRCH);
 }
@@ -90,7 +94,7 @@ static bool group_alive(struct proc *p) {
     return false;
   }
   if (group_exists(p) && group_has_live_member(p->pid)) return true;
-  if (p->cgfd >= 0 && cgroup_populated(p->cgfd)) {
+  if (p->cgfd >= 0 && cgroup_proc_populated(p->cgfd)) {
     if (p->reaped) p->swept = true;
     return true;
   }
@@ -543,7 +547,9 @@ void proc_maybe_release(struct proc *p) {
     reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
-  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, !p->cg_killed);
+  /* Not killed, so group_alive found the cgroup empty, and nothing enters
+   * an empty cgroup: no need to ask again. */
+  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, !p->cg_killed, !p->cg_killed);
   p->cgfd = -1;
   if (p->swept && subreaper) proc_reap_orphans(false); /* their zombies are ours */
   proc_owner_unlink(p);
@@ -624,7 +630,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     if (in[1] >= 0) close(in[1]);
     if (out[0] >= 0) close(out[0]);
     if (errp[0] >= 0) close(errp[0]);
-    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, true);
+    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, true, false);
     free(p);
     *err = r;
     return NULL;

@@ -49,9 +49,11 @@ bool spawn_into_cgroup(void);
 
 /* Tell the reaper process (started on first use) that group pgid exists,
  * with its leader's pidfd (borrowed: valid until reaper_remove; -1 if none),
- * or is gone. Both are sent at once. When atomlua dies, however it dies, the
- * reaper SIGKILLs every group it still knows and the run's cgroup. */
-void reaper_start(void); /* idempotent; also makes the run cgroup, which it removes */
+ * or is gone. A new group is sent at once; a gone one too, or, where pidfds
+ * signal groups, with the next message (reaper.c). When atomlua dies, however
+ * it dies, the reaper SIGKILLs every group it still knows and the run's cgroup. */
+extern int reaper_pidfd_groups; /* pidfds signal groups (Linux 6.9): 1, not: -1, unknown: 0 */
+void reaper_start(void);        /* idempotent; also makes the run cgroup, which it removes */
 void reaper_add(pid_t pgid, int pidfd);
 void reaper_remove(pid_t pgid);
 /* Signal the group led by pidfd's process (never a reused group id) and that
@@ -77,13 +79,14 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
  * else *procs_fd = -1. */
 int cgroup_new(unsigned *id, int *procs_fd, bool want_procs);
 bool cgroup_populated(int dfd);
+bool cgroup_proc_populated(int dfd);  /* the same for a p<id> from cgroup_new, fewer syscalls */
 void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
 /* Done with p<id>: kept for another process when `reuse` and it is empty
  * (up to a bound), else dfd closed and the cgroup removed (the reaper
  * removes what is still populated). A cgroup that was killed must not be
  * reused: Linux kills a child that clone3 puts into a cgroup whose
  * cgroup.kill count differs from its parent's (6.x). */
-void cgroup_remove(unsigned id, int dfd, bool reuse);
+void cgroup_remove(unsigned id, int dfd, bool reuse, bool empty); /* empty: found so already */
 int cgroup_run_fd(void);
 int cgroup_base_fd(void);
 const char *cgroup_run_name(void);

@@ -93,6 +93,10 @@ static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
     envp[n] = NULL;
   }
   lua_pop(L, 1);
+  if (envp == environ) {
+    *path = getenv("PATH");
+    return envp;
+  }
   *path = NULL;
   for (char **e = envp; *e; e++)
     if (strncmp(*e, "PATH=", 5) == 0) *path = *e + 5;
@@ -106,23 +110,67 @@ static const char *opt_str(lua_State *L, int t, const char *k) {
   return s;
 }
 
+/* "--- atomlua: NAME pid PID: ARGV\n", argv shell-quoted as proc.lua's
+ * quote_argv does it: the log header of an exec (and of a process whose log
+ * an earlier one of the same name wrote to). */
+static void log_header(lua_State *L, struct proc *p, const char *name, char **argv) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  lua_pushfstring(L, "--- atomlua: %s pid %d:", name, (int)p->pid);
+  luaL_addvalue(&b);
+  for (char **a = argv; *a; a++) {
+    luaL_addchar(&b, ' ');
+    const char *s = *a;
+    bool plain = *s != '\0';
+    for (const char *c = s; *c && plain; c++)
+      plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("./_=:,@%+-", *c) != NULL;
+    if (plain) {
+      luaL_addstring(&b, s);
+      continue;
+    }
+    luaL_addchar(&b, '\'');
+    for (const char *c = s; *c; c++)
+      if (*c == '\'')
+        luaL_addstring(&b, "'\\''");
+      else
+        luaL_addchar(&b, *c);
+    luaL_addchar(&b, '\'');
+  }
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  size_t n;
+  const char *h = lua_tolstring(L, -1, &n);
+  outbuf_log_raw(&p->ob, h, n);
+  lua_pop(L, 1);
+}
+
 /* _atom.proc_spawn(opts) -> handle, owner task (or nil). opts: argv, env,
  * env_clear, cwd, stdin ("pipe" | nil), stdin_data, output, log, log_shared
- * (exec.log: kept open for the next exec), tail, lines, critical, grace,
- * name, wrapper (the public object), stdout_fd (with output = "fd"), exe
- * (the program to run instead of argv[0]). */
+ * (exec.log: kept open for the next exec), header (write the log's header
+ * line), tail, lines, critical, grace, name, wrapper (the public object),
+ * stdout_fd (with output = "fd"), exe (the program to run instead of argv[0]). */
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   lua_newtable(L); /* 2: anchor for strings and arrays */
   lua_getfield(L, 1, "argv");
   int nargv = (int)lua_rawlen(L, -1);
-  char **argv = lua_newuserdatauv(L, (size_t)(nargv + 1) * sizeof *argv, 0);
-  lua_rawseti(L, 2, 1);
+  /* The strings stay in opts.argv; numbers are converted and anchored. */
+  char *small[16];
+  char **argv = small;
+  if (nargv + 1 > (int)(sizeof small / sizeof *small)) {
+    argv = lua_newuserdatauv(L, (size_t)(nargv + 1) * sizeof *argv, 0);
+    lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
+  }
   for (int i = 0; i < nargv; i++) {
-    lua_rawgeti(L, -1, i + 1);
-    argv[i] = (char *)lua_tostring(L, -1);
-    lua_rawseti(L, 2, i + 2);
+    if (lua_rawgeti(L, -1, i + 1) == LUA_TSTRING) {
+      argv[i] = (char *)lua_tostring(L, -1);
+      lua_pop(L, 1);
+    } else {
+      argv[i] = (char *)lua_tostring(L, -1);
+      lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
+    }
   }
   argv[nargv] = NULL;
   lua_pop(L, 1);
@@ -214,6 +262,9 @@ static int l_spawn(lua_State *L) {
   }
   *ud = p;
   p->log_shared = log_shared;
+  lua_getfield(L, 1, "header");
+  if (lua_toboolean(L, -1) && o.logfd >= 0) log_header(L, p, o.name, argv);
+  lua_pop(L, 1);
 
   if (in_data) {
     proc_stdin_queue(p, in_data, in_len);

@@ -29,8 +29,14 @@ local logged = {}   -- log file names already used in this Lua state
 
 local function basename(path) return (path:match("([^/]+)/*$") or path) end
 
+local bases, nbases = {}, 0 -- basename by program, for the default names
 local function default_name(prog)
-  local base = basename(prog)
+  local base = bases[prog]
+  if not base then
+    base = basename(prog)
+    if nbases >= 256 then bases, nbases = {}, 0 end
+    bases[prog], nbases = base, nbases + 1
+  end
   counters[base] = (counters[base] or 0) + 1
   return base .. "-" .. counters[base]
 end
@@ -410,6 +416,7 @@ local by_owner = setmetatable({}, { __mode = "k" })
 local function start(argv, o, name, log, again, header_always, host)
   o.name = name
   o.log = log
+  o.header = again or header_always -- written by proc_spawn, before any output
   local p = { pid = 0, name = name, log = log, _cursor = 1, _output = o.output, _stdin = o.stdin,
               _argv = argv, _log = log, _host = host }
   o.wrapper = setmetatable(p, mt)
@@ -422,9 +429,6 @@ local function start(argv, o, name, log, again, header_always, host)
   if not ok then error(c, 0) end
   p._c = c
   rawset(p, "pid", c:pid())
-  if log and (again or header_always) then
-    c:log_raw(format("--- atomlua: %s pid %d: %s\n", name, p.pid, quote_argv(argv)))
-  end
   if owner and _atom.owner_scope() then
     local list = by_owner[owner]
     if not list then
@@ -434,7 +438,9 @@ local function start(argv, o, name, log, again, header_always, host)
     list[#list + 1] = p
   end
   if o.netns then require("atom.net").track(o.net, p) end
-  events.emit("process_spawn", { name = name, pid = p.pid, argv = argv, host = host and host.name })
+  if events.active("process_spawn") then
+    events.emit("process_spawn", { name = name, pid = p.pid, argv = argv, host = host and host.name })
+  end
   return p, c
 end
 
@@ -536,8 +542,10 @@ end
 -- Called by src/proc.c at every exit; returns the owner's error when a
 -- critical process died on its own.
 _atom.proc_on_exit(function(p, code, sig, expected, fail)
-  events.emit("process_exit", { name = p.name, pid = p.pid, code = code == nil and null or code,
-    signal = sig == nil and null or sig, expected = expected })
+  if events.active("process_exit") then
+    events.emit("process_exit", { name = p.name, pid = p.pid, code = code == nil and null or code,
+      signal = sig == nil and null or sig, expected = expected })
+  end
   if not fail then return nil end
   p._unexpected = true
   local h = p._transport_of or p._host
