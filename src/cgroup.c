@@ -165,44 +165,6 @@ bool cgroup_populated(int dfd) {
   return strstr(buf, "populated 1") != NULL;
 }
 
-/* The cgroup.events of each p<id> directory, by the directory's fd, kept
- * open while the directory is (pooled cgroups included): a process's end
- * asks twice whether its cgroup is empty, and pread at offset 0 reads the
- * file anew without an openat and a close. Not for the reaper (a fork),
- * whose fd numbers are not these. */
-static int *evfds;
-static int nevfds;
-
-static int events_fd(int dfd) {
-  if (dfd < 0) return -1;
-  if (dfd >= nevfds) {
-    int n = dfd + 64;
-    int *v = realloc(evfds, (size_t)n * sizeof *v);
-    if (!v) return -1;
-    for (int i = nevfds; i < n; i++) v[i] = -1;
-    evfds = v;
-    nevfds = n;
-  }
-  if (evfds[dfd] < 0) evfds[dfd] = openat(dfd, "cgroup.events", O_RDONLY | O_CLOEXEC);
-  return evfds[dfd];
-}
-
-static void events_close(int dfd) {
-  if (dfd < 0 || dfd >= nevfds || evfds[dfd] < 0) return;
-  close(evfds[dfd]);
-  evfds[dfd] = -1;
-}
-
-bool cgroup_proc_populated(int dfd) {
-  int fd = events_fd(dfd);
-  if (fd < 0) return cgroup_populated(dfd);
-  char buf[256];
-  ssize_t k = pread(fd, buf, sizeof buf - 1, 0);
-  if (k <= 0) return false;
-  buf[k] = '\0';
-  return strstr(buf, "populated 1") != NULL;
-}
-
 void cgroup_signal(int dfd, int sig) {
   if (sig == SIGKILL) {
     write_at(dfd, "cgroup.kill", "1");
@@ -232,7 +194,7 @@ void cgroup_signal(int dfd, int sig) {
 void cgroup_remove(unsigned id, int dfd, bool reuse, bool empty) {
   /* Empty: nothing can enter it any more (that takes a member that forks),
    * so the next process may have it. */
-  if (reuse && dfd >= 0 && npool < POOL_MAX && (empty || !cgroup_proc_populated(dfd))) {
+  if (reuse && dfd >= 0 && npool < POOL_MAX && (empty || !cgroup_populated(dfd))) {
     pool[npool].id = id;
     pool[npool].dfd = dfd;
     npool++;
@@ -240,7 +202,6 @@ void cgroup_remove(unsigned id, int dfd, bool reuse, bool empty) {
   }
   char name[32];
   snprintf(name, sizeof name, "p%u", id);
-  events_close(dfd);
   if (dfd >= 0) close(dfd);
   /* Still populated (a process SIGKILLed a moment ago): the reaper removes
    * what is left when atomlua is gone. */

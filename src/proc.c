@@ -94,7 +94,7 @@ static bool group_alive(struct proc *p) {
     return false;
   }
   if (group_exists(p) && group_has_live_member(p->pid)) return true;
-  if (p->cgfd >= 0 && cgroup_proc_populated(p->cgfd)) {
+  if (p->cgfd >= 0 && cgroup_populated(p->cgfd)) {
     if (p->reaped) p->swept = true;
     return true;
   }

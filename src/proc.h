@@ -79,7 +79,6 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
  * else *procs_fd = -1. */
 int cgroup_new(unsigned *id, int *procs_fd, bool want_procs);
 bool cgroup_populated(int dfd);
-bool cgroup_proc_populated(int dfd);  /* the same for a p<id> from cgroup_new, fewer syscalls */
 void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
 /* Done with p<id>: kept for another process when `reuse` and it is empty
  * (up to a bound), else dfd closed and the cgroup removed (the reaper
