@@ -165,7 +165,7 @@ bool cgroup_populated(int dfd) {
   return strstr(buf, "populated 1") != NULL;
 }
 
-void cgroup_signal(int dfd, int sig) {
+void cgroup_signal(int dfd, int sig, int then) {
   if (sig == SIGKILL) {
     write_at(dfd, "cgroup.kill", "1");
     return;
@@ -183,6 +183,7 @@ void cgroup_signal(int dfd, int sig) {
     while ((nl = strchr(p, '\n'))) {
       long pid = strtol(p, NULL, 10);
       if (pid > 0) kill((pid_t)pid, sig);
+      if (pid > 0 && then) kill((pid_t)pid, then);
       p = nl + 1;
     }
     have = (size_t)(buf + have - p);

@@ -102,18 +102,24 @@ static bool group_alive(struct proc *p) {
   return false;
 }
 
-void proc_signal(struct proc *p, int sig) {
+/* sig, then `then` (if not 0) to p's group, leader and cgroup: one walk of
+ * the cgroup's members for both. */
+static void signal2(struct proc *p, int sig, int then) {
   if (p->group_done) return;
   if (p->rid) {
     remote_signal(p, sig);
+    if (then) remote_signal(p, then);
     return;
   }
   reaper_signal_group(p->pid, p->pidfd, sig);
+  if (then) reaper_signal_group(p->pid, p->pidfd, then);
   if (p->cgfd >= 0) {
-    cgroup_signal(p->cgfd, sig);
+    cgroup_signal(p->cgfd, sig, then);
     if (sig == SIGKILL) p->swept = p->cg_killed = true;
   }
 }
+
+void proc_signal(struct proc *p, int sig) { signal2(p, sig, 0); }
 
 static void group_signal(struct proc *p, int sig) { proc_signal(p, sig); }
 
@@ -388,8 +394,7 @@ void proc_stop_begin(struct proc *p, double grace) {
   p->stopping = true;
   if (!p->reaped || group_alive(p)) {
     /* SIGCONT after SIGTERM so a paused group gets the TERM (SPEC §4). */
-    group_signal(p, SIGTERM);
-    group_signal(p, SIGCONT);
+    signal2(p, SIGTERM, SIGCONT);
     timer_start(&p->grace_timer, grace, grace_cb);
   }
   stop_check(p);

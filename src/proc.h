@@ -79,7 +79,8 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
  * else *procs_fd = -1. */
 int cgroup_new(unsigned *id, int *procs_fd, bool want_procs);
 bool cgroup_populated(int dfd);
-void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
+/* SIGKILL: cgroup.kill; else each member gets sig, then `then` if not 0. */
+void cgroup_signal(int dfd, int sig, int then);
 /* Done with p<id>: kept for another process when `reuse` and it is empty
  * (up to a bound), else dfd closed and the cgroup removed (the reaper
  * removes what is still populated). A cgroup that was killed must not be

@@ -55,9 +55,19 @@ static struct pwait *new_wait(lua_State *L, struct task *t, struct proc *p, int 
 
 /* {==== spawning ==== */
 
+/* Stack slot 2 of l_spawn: nil until something needs anchoring, then a
+ * table (most spawns need none: one table less per spawn). */
+static void anchor_push(lua_State *L) {
+  if (lua_isnil(L, 2)) {
+    lua_newtable(L);
+    lua_replace(L, 2);
+  }
+  lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
+}
+
 /* The child's environment: ours (unless env_clear) with env's overrides,
- * X = false removing X. The strings live in a table at `anchor`. */
-static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
+ * X = false removing X. The strings live in the anchor (anchor_push). */
+static char **build_env(lua_State *L, int opts, const char **path) {
   lua_getfield(L, opts, "env");
   int env = lua_gettop(L);
   lua_getfield(L, opts, "env_clear");
@@ -71,7 +81,7 @@ static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
     if (!lua_isnil(L, env))
       for (lua_pushnil(L); lua_next(L, env); lua_pop(L, 1)) cap++;
     envp = lua_newuserdatauv(L, cap * sizeof *envp, 0);
-    lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
+    anchor_push(L);
     if (!clear)
       for (char **e = environ; *e; e++) {
         const char *eq = strchr(*e, '=');
@@ -88,7 +98,7 @@ static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
         if (lua_type(L, -1) == LUA_TBOOLEAN || lua_type(L, -2) != LUA_TSTRING) continue;
         lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
         envp[n++] = (char *)lua_tostring(L, -1);
-        lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
+        anchor_push(L);
       }
     envp[n] = NULL;
   }
@@ -153,7 +163,7 @@ static void log_header(lua_State *L, struct proc *p, const char *name, char **ar
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  lua_newtable(L); /* 2: anchor for strings and arrays */
+  lua_pushnil(L); /* 2: the anchor for strings and arrays (anchor_push) */
   lua_getfield(L, 1, "argv");
   int nargv = (int)lua_rawlen(L, -1);
   /* The strings stay in opts.argv; numbers are converted and anchored. */
@@ -161,7 +171,7 @@ static int l_spawn(lua_State *L) {
   char **argv = small;
   if (nargv + 1 > (int)(sizeof small / sizeof *small)) {
     argv = lua_newuserdatauv(L, (size_t)(nargv + 1) * sizeof *argv, 0);
-    lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
+    anchor_push(L);
   }
   for (int i = 0; i < nargv; i++) {
     if (lua_rawgeti(L, -1, i + 1) == LUA_TSTRING) {
@@ -169,7 +179,7 @@ static int l_spawn(lua_State *L) {
       lua_pop(L, 1);
     } else {
       argv[i] = (char *)lua_tostring(L, -1);
-      lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
+      anchor_push(L);
     }
   }
   argv[nargv] = NULL;
@@ -178,7 +188,7 @@ static int l_spawn(lua_State *L) {
   struct proc_opts o = {0};
   o.argv = argv;
   const char *path_env;
-  o.envp = build_env(L, 1, 2, &path_env);
+  o.envp = build_env(L, 1, &path_env);
   o.cwd = opt_str(L, 1, "cwd");
   o.name = opt_str(L, 1, "name");
   if (!o.name) o.name = argv[0];
