@@ -543,6 +543,7 @@ void proc_maybe_release(struct proc *p) {
   proc_stdin_close(p);
   exit_poll_close(p);
   outbuf_flush(&p->ob);
+  outbuf_log_create(&p->ob); /* silent: its (empty) log exists too */
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
   if (p->ob.logfd >= 0 && p->log_shared) outbuf_shared_log_unref();
   p->ob.logfd = -1;

@@ -121,7 +121,8 @@ struct outbuf {
   uint64_t first, next;   /* buffered lines are [first, next) */
   struct partial part[2]; /* 0: stdout, 1: stderr */
   struct tail tail[2];
-  int logfd; /* -1: no log */
+  int logfd;     /* -1: no log (yet) */
+  char *logpath; /* a log opened at its first write (outbuf_log_create), or NULL */
   char *logbuf;
   size_t loglen;
   int log_errno; /* first write error, the log is off afterwards */
@@ -135,6 +136,9 @@ void outbuf_feed(struct outbuf *o, int s, const char *data, size_t n);
 void outbuf_eof(struct outbuf *o, int s);
 void outbuf_flush(struct outbuf *o);                               /* write the log buffer out */
 void outbuf_log_raw(struct outbuf *o, const char *data, size_t n); /* header lines */
+/* A lazily opened log (logpath) that was never written: create it empty now
+ * (a process's log file exists once it is over). Frees logpath. */
+void outbuf_log_create(struct outbuf *o);
 /* Line idx (first <= idx < next): its bytes (valid until the next feed), or NULL. */
 const char *outbuf_line(struct outbuf *o, uint64_t idx, size_t *len, int *stream);
 /* Copy stream s's tail into dst (room for o->tail[s].len bytes). */

@@ -239,9 +239,8 @@ static int l_spawn(lua_State *L) {
   bool log_shared = lua_toboolean(L, -1);
   lua_pop(L, 1);
   o.logfd = -1;
-  if (log && o.output == OUT_CAPTURE) {
-    o.logfd = log_shared ? outbuf_shared_log_open(log, &log_shared)
-                         : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log && o.output == OUT_CAPTURE && log_shared) {
+    o.logfd = outbuf_shared_log_open(log, &log_shared);
     if (o.logfd < 0) return util_error(L, "io", "cannot open log %s: %s", log, strerror(errno));
   }
   struct proc **ud = lua_newuserdatauv(L, sizeof *ud, 1);
@@ -272,8 +271,10 @@ static int l_spawn(lua_State *L) {
   }
   *ud = p;
   p->log_shared = log_shared;
+  /* Its own log: created at the first output (outbuf.c), or when it ends. */
+  if (log && o.output == OUT_CAPTURE && !log_shared) p->ob.logpath = strdup(log);
   lua_getfield(L, 1, "header");
-  if (lua_toboolean(L, -1) && o.logfd >= 0) log_header(L, p, o.name, argv);
+  if (lua_toboolean(L, -1) && (o.logfd >= 0 || p->ob.logpath)) log_header(L, p, o.name, argv);
   lua_pop(L, 1);
 
   if (in_data) {
