@@ -11,7 +11,7 @@ local M = {}
 
 local find, format, concat = string.find, string.format, table.concat
 local now, checkpoint = _atom.now, _atom.checkpoint
-local null = package.preload["atom.json"] and require("atom.json").null or nil
+local null = _atom.json_null -- atom.json.null, without loading atom.json at the first spawn
 
 local EXPECT_TIMEOUT = 30
 local TAIL_LINES = 20
