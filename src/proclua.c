@@ -122,37 +122,58 @@ static const char *opt_str(lua_State *L, int t, const char *k) {
 
 /* "--- atomlua: NAME pid PID: ARGV\n", argv shell-quoted as proc.lua's
  * quote_argv does it: the log header of an exec (and of a process whose log
- * an earlier one of the same name wrote to). */
-static void log_header(lua_State *L, struct proc *p, const char *name, char **argv) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  lua_pushfstring(L, "--- atomlua: %s pid %d:", name, (int)p->pid);
-  luaL_addvalue(&b);
+ * an earlier one of the same name wrote to). Built in a C buffer: no Lua
+ * strings to intern and collect. */
+struct hbuf {
+  char *p;
+  size_t n, cap;
+  bool heap; /* p was malloc'd (it starts on the caller's stack) */
+};
+
+static void hb_add(struct hbuf *h, const char *s, size_t n) {
+  if (h->n + n > h->cap) {
+    size_t cap = 2 * h->cap > h->n + n ? 2 * h->cap : h->n + n;
+    char *q = h->heap ? realloc(h->p, cap) : malloc(cap);
+    if (!q) return; /* out of memory: a shorter header */
+    if (!h->heap) memcpy(q, h->p, h->n);
+    h->p = q;
+    h->cap = cap;
+    h->heap = true;
+  }
+  memcpy(h->p + h->n, s, n);
+  h->n += n;
+}
+
+static void log_header(struct proc *p, const char *name, char **argv) {
+  char stack[1024];
+  struct hbuf h = {stack, 0, sizeof stack, false};
+  char pid[32];
+  hb_add(&h, "--- atomlua: ", 13);
+  hb_add(&h, name, strlen(name));
+  int len = snprintf(pid, sizeof pid, " pid %d:", (int)p->pid);
+  hb_add(&h, pid, (size_t)len);
   for (char **a = argv; *a; a++) {
-    luaL_addchar(&b, ' ');
+    hb_add(&h, " ", 1);
     const char *s = *a;
     bool plain = *s != '\0';
     for (const char *c = s; *c && plain; c++)
       plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
               strchr("./_=:,@%+-", *c) != NULL;
     if (plain) {
-      luaL_addstring(&b, s);
+      hb_add(&h, s, strlen(s));
       continue;
     }
-    luaL_addchar(&b, '\'');
+    hb_add(&h, "'", 1);
     for (const char *c = s; *c; c++)
       if (*c == '\'')
-        luaL_addstring(&b, "'\\''");
+        hb_add(&h, "'\\''", 4);
       else
-        luaL_addchar(&b, *c);
-    luaL_addchar(&b, '\'');
+        hb_add(&h, c, 1);
+    hb_add(&h, "'", 1);
   }
-  luaL_addchar(&b, '\n');
-  luaL_pushresult(&b);
-  size_t n;
-  const char *h = lua_tolstring(L, -1, &n);
-  outbuf_log_raw(&p->ob, h, n);
-  lua_pop(L, 1);
+  hb_add(&h, "\n", 1);
+  outbuf_log_raw(&p->ob, h.p, h.n);
+  if (h.heap) free(h.p);
 }
 
 /* _atom.proc_spawn(opts) -> handle, owner task (or nil). opts: argv, env,
@@ -274,7 +295,7 @@ static int l_spawn(lua_State *L) {
   /* Its own log: created at the first output (outbuf.c), or when it ends. */
   if (log && o.output == OUT_CAPTURE && !log_shared) p->ob.logpath = strdup(log);
   lua_getfield(L, 1, "header");
-  if (lua_toboolean(L, -1) && (o.logfd >= 0 || p->ob.logpath)) log_header(L, p, o.name, argv);
+  if (lua_toboolean(L, -1) && (o.logfd >= 0 || p->ob.logpath)) log_header(p, o.name, argv);
   lua_pop(L, 1);
 
   if (in_data) {

@@ -87,20 +87,20 @@ local function parse_spec(spec, fields, fname, n)
   if type(spec) ~= "table" then
     bad(n, fname, "table expected, got " .. (spec == nil and "no value" or type(spec)))
   end
-  local argv = {}
-  for i = 1, #spec do
+  local argv, nargv = {}, #spec
+  for i = 1, nargv do
     local a = spec[i]
-    local t = math.type(a) or type(a)
-    if t == "integer" or t == "float" then
+    local t = type(a)
+    if t == "number" then
       a = tostring(a)
     elseif t ~= "string" then
       bad(n, fname, format("argv[%d] must be a string or number, got %s", i, t))
     end
     argv[i] = a
   end
-  if #argv == 0 or argv[1] == "" then bad(n, fname, "argv is empty: spec[1] must name the program") end
+  if nargv == 0 or argv[1] == "" then bad(n, fname, "argv is empty: spec[1] must name the program") end
   for k, v in pairs(spec) do
-    if math.type(k) ~= "integer" or k < 1 or k > #argv then
+    if type(k) ~= "number" or k < 1 or k > nargv or math.type(k) ~= "integer" then
       local want = type(k) == "string" and fields[k]
       if not want then
         bad(n, fname, format("unknown field '%s'", tostring(k)))
@@ -457,6 +457,12 @@ function M.spawn(spec, host)
   return (start(argv, o, name, log, again, false, host))
 end
 
+local exec_log_dir, exec_log_path
+local function exec_log(dir)
+  if dir ~= exec_log_dir then exec_log_dir, exec_log_path = dir, dir .. "/exec.log" end
+  return exec_log_path
+end
+
 local function exec(spec, fname, n, host)
   local argv, o = parse_spec(spec, exec_fields, fname, n)
   checkpoint(fname)
@@ -466,7 +472,7 @@ local function exec(spec, fname, n, host)
   o.tail = EXEC_KEEP
   o.lines = false
   o.log_shared = true
-  local p, c = start(argv, o, name, dir and dir .. "/exec.log", false, true, host)
+  local p, c = start(argv, o, name, dir and exec_log(dir), false, true, host)
   local desc = spec.timeout and format("%s %s", fname, quote_argv(argv))
   local code, sig = c:wait(spec.timeout, desc, true, true, fname)
   local stdout, stderr = c:output()
