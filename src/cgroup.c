@@ -133,7 +133,7 @@ int cgroup_new(unsigned *id, int *procs_fd, bool want_procs) {
   if (want_procs) {
     *procs_fd = openat(dfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
     if (*procs_fd < 0) {
-      cgroup_remove(*id, dfd, true);
+      cgroup_remove(*id, dfd, true, false);
       return -1;
     }
   }
@@ -165,7 +165,7 @@ bool cgroup_populated(int dfd) {
   return strstr(buf, "populated 1") != NULL;
 }
 
-void cgroup_signal(int dfd, int sig) {
+void cgroup_signal(int dfd, int sig, int then) {
   if (sig == SIGKILL) {
     write_at(dfd, "cgroup.kill", "1");
     return;
@@ -183,6 +183,7 @@ void cgroup_signal(int dfd, int sig) {
     while ((nl = strchr(p, '\n'))) {
       long pid = strtol(p, NULL, 10);
       if (pid > 0) kill((pid_t)pid, sig);
+      if (pid > 0 && then) kill((pid_t)pid, then);
       p = nl + 1;
     }
     have = (size_t)(buf + have - p);
@@ -191,10 +192,10 @@ void cgroup_signal(int dfd, int sig) {
   close(fd);
 }
 
-void cgroup_remove(unsigned id, int dfd, bool reuse) {
+void cgroup_remove(unsigned id, int dfd, bool reuse, bool empty) {
   /* Empty: nothing can enter it any more (that takes a member that forks),
    * so the next process may have it. */
-  if (reuse && dfd >= 0 && npool < POOL_MAX && !cgroup_populated(dfd)) {
+  if (reuse && dfd >= 0 && npool < POOL_MAX && (empty || !cgroup_populated(dfd))) {
     pool[npool].id = id;
     pool[npool].dfd = dfd;
     npool++;

@@ -76,7 +76,11 @@ static bool group_has_live_member(pid_t pgid) {
 static bool group_exists(struct proc *p) {
   if (p->pidfd >= 0) {
     long r = syscall(SYS_pidfd_send_signal, p->pidfd, 0, NULL, PIDFD_SIGNAL_PROCESS_GROUP);
-    if (r == 0 || errno == ESRCH) return r == 0;
+    if (r == 0 || errno == ESRCH) {
+      reaper_pidfd_groups = 1;
+      return r == 0;
+    }
+    if (errno == EINVAL) reaper_pidfd_groups = -1;
   }
   return !(kill(-p->pid, 0) < 0 && errno == ESRCH);
 }
@@ -98,18 +102,24 @@ static bool group_alive(struct proc *p) {
   return false;
 }
 
-void proc_signal(struct proc *p, int sig) {
+/* sig, then `then` (if not 0) to p's group, leader and cgroup: one walk of
+ * the cgroup's members for both. */
+static void signal2(struct proc *p, int sig, int then) {
   if (p->group_done) return;
   if (p->rid) {
     remote_signal(p, sig);
+    if (then) remote_signal(p, then);
     return;
   }
   reaper_signal_group(p->pid, p->pidfd, sig);
+  if (then) reaper_signal_group(p->pid, p->pidfd, then);
   if (p->cgfd >= 0) {
-    cgroup_signal(p->cgfd, sig);
+    cgroup_signal(p->cgfd, sig, then);
     if (sig == SIGKILL) p->swept = p->cg_killed = true;
   }
 }
+
+void proc_signal(struct proc *p, int sig) { signal2(p, sig, 0); }
 
 static void group_signal(struct proc *p, int sig) { proc_signal(p, sig); }
 
@@ -384,8 +394,7 @@ void proc_stop_begin(struct proc *p, double grace) {
   p->stopping = true;
   if (!p->reaped || group_alive(p)) {
     /* SIGCONT after SIGTERM so a paused group gets the TERM (SPEC §4). */
-    group_signal(p, SIGTERM);
-    group_signal(p, SIGCONT);
+    signal2(p, SIGTERM, SIGCONT);
     timer_start(&p->grace_timer, grace, grace_cb);
   }
   stop_check(p);
@@ -534,6 +543,7 @@ void proc_maybe_release(struct proc *p) {
   proc_stdin_close(p);
   exit_poll_close(p);
   outbuf_flush(&p->ob);
+  outbuf_log_create(&p->ob); /* silent: its (empty) log exists too */
   if (p->ob.logfd >= 0 && !p->log_shared) close(p->ob.logfd);
   if (p->ob.logfd >= 0 && p->log_shared) outbuf_shared_log_unref();
   p->ob.logfd = -1;
@@ -543,7 +553,9 @@ void proc_maybe_release(struct proc *p) {
     reaper_remove(p->pid); /* before the pidfd it borrowed is closed */
   if (p->pidfd >= 0) close(p->pidfd);
   p->pidfd = -1;
-  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, !p->cg_killed);
+  /* Not killed, so group_alive found the cgroup empty, and nothing enters
+   * an empty cgroup: no need to ask again. */
+  if (p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, !p->cg_killed, !p->cg_killed);
   p->cgfd = -1;
   if (p->swept && subreaper) proc_reap_orphans(false); /* their zombies are ours */
   proc_owner_unlink(p);
@@ -624,7 +636,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
     if (in[1] >= 0) close(in[1]);
     if (out[0] >= 0) close(out[0]);
     if (errp[0] >= 0) close(errp[0]);
-    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, true);
+    if (p && p->cgfd >= 0) cgroup_remove(p->cgid, p->cgfd, true, false);
     free(p);
     *err = r;
     return NULL;

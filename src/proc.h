@@ -49,9 +49,11 @@ bool spawn_into_cgroup(void);
 
 /* Tell the reaper process (started on first use) that group pgid exists,
  * with its leader's pidfd (borrowed: valid until reaper_remove; -1 if none),
- * or is gone. Both are sent at once. When atomlua dies, however it dies, the
- * reaper SIGKILLs every group it still knows and the run's cgroup. */
-void reaper_start(void); /* idempotent; also makes the run cgroup, which it removes */
+ * or is gone. A new group is sent at once; a gone one too, or, where pidfds
+ * signal groups, with the next message (reaper.c). When atomlua dies, however
+ * it dies, the reaper SIGKILLs every group it still knows and the run's cgroup. */
+extern int reaper_pidfd_groups; /* pidfds signal groups (Linux 6.9): 1, not: -1, unknown: 0 */
+void reaper_start(void);        /* idempotent; also makes the run cgroup, which it removes */
 void reaper_add(pid_t pgid, int pidfd);
 void reaper_remove(pid_t pgid);
 /* Signal the group led by pidfd's process (never a reused group id) and that
@@ -77,13 +79,14 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
  * else *procs_fd = -1. */
 int cgroup_new(unsigned *id, int *procs_fd, bool want_procs);
 bool cgroup_populated(int dfd);
-void cgroup_signal(int dfd, int sig); /* SIGKILL: cgroup.kill; else each member */
+/* SIGKILL: cgroup.kill; else each member gets sig, then `then` if not 0. */
+void cgroup_signal(int dfd, int sig, int then);
 /* Done with p<id>: kept for another process when `reuse` and it is empty
  * (up to a bound), else dfd closed and the cgroup removed (the reaper
  * removes what is still populated). A cgroup that was killed must not be
  * reused: Linux kills a child that clone3 puts into a cgroup whose
  * cgroup.kill count differs from its parent's (6.x). */
-void cgroup_remove(unsigned id, int dfd, bool reuse);
+void cgroup_remove(unsigned id, int dfd, bool reuse, bool empty); /* empty: found so already */
 int cgroup_run_fd(void);
 int cgroup_base_fd(void);
 const char *cgroup_run_name(void);
@@ -118,7 +121,8 @@ struct outbuf {
   uint64_t first, next;   /* buffered lines are [first, next) */
   struct partial part[2]; /* 0: stdout, 1: stderr */
   struct tail tail[2];
-  int logfd; /* -1: no log */
+  int logfd;     /* -1: no log (yet) */
+  char *logpath; /* a log opened at its first write (outbuf_log_create), or NULL */
   char *logbuf;
   size_t loglen;
   int log_errno; /* first write error, the log is off afterwards */
@@ -132,6 +136,9 @@ void outbuf_feed(struct outbuf *o, int s, const char *data, size_t n);
 void outbuf_eof(struct outbuf *o, int s);
 void outbuf_flush(struct outbuf *o);                               /* write the log buffer out */
 void outbuf_log_raw(struct outbuf *o, const char *data, size_t n); /* header lines */
+/* A lazily opened log (logpath) that was never written: create it empty now
+ * (a process's log file exists once it is over). Frees logpath. */
+void outbuf_log_create(struct outbuf *o);
 /* Line idx (first <= idx < next): its bytes (valid until the next feed), or NULL. */
 const char *outbuf_line(struct outbuf *o, uint64_t idx, size_t *len, int *stream);
 /* Copy stream s's tail into dst (room for o->tail[s].len bytes). */

@@ -55,9 +55,19 @@ static struct pwait *new_wait(lua_State *L, struct task *t, struct proc *p, int 
 
 /* {==== spawning ==== */
 
+/* Stack slot 2 of l_spawn: nil until something needs anchoring, then a
+ * table (most spawns need none: one table less per spawn). */
+static void anchor_push(lua_State *L) {
+  if (lua_isnil(L, 2)) {
+    lua_newtable(L);
+    lua_replace(L, 2);
+  }
+  lua_rawseti(L, 2, (lua_Integer)lua_rawlen(L, 2) + 1);
+}
+
 /* The child's environment: ours (unless env_clear) with env's overrides,
- * X = false removing X. The strings live in a table at `anchor`. */
-static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
+ * X = false removing X. The strings live in the anchor (anchor_push). */
+static char **build_env(lua_State *L, int opts, const char **path) {
   lua_getfield(L, opts, "env");
   int env = lua_gettop(L);
   lua_getfield(L, opts, "env_clear");
@@ -71,7 +81,7 @@ static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
     if (!lua_isnil(L, env))
       for (lua_pushnil(L); lua_next(L, env); lua_pop(L, 1)) cap++;
     envp = lua_newuserdatauv(L, cap * sizeof *envp, 0);
-    lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
+    anchor_push(L);
     if (!clear)
       for (char **e = environ; *e; e++) {
         const char *eq = strchr(*e, '=');
@@ -88,11 +98,15 @@ static char **build_env(lua_State *L, int opts, int anchor, const char **path) {
         if (lua_type(L, -1) == LUA_TBOOLEAN || lua_type(L, -2) != LUA_TSTRING) continue;
         lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
         envp[n++] = (char *)lua_tostring(L, -1);
-        lua_rawseti(L, anchor, (lua_Integer)lua_rawlen(L, anchor) + 1);
+        anchor_push(L);
       }
     envp[n] = NULL;
   }
   lua_pop(L, 1);
+  if (envp == environ) {
+    *path = getenv("PATH");
+    return envp;
+  }
   *path = NULL;
   for (char **e = envp; *e; e++)
     if (strncmp(*e, "PATH=", 5) == 0) *path = *e + 5;
@@ -106,23 +120,88 @@ static const char *opt_str(lua_State *L, int t, const char *k) {
   return s;
 }
 
+/* "--- atomlua: NAME pid PID: ARGV\n", argv shell-quoted as proc.lua's
+ * quote_argv does it: the log header of an exec (and of a process whose log
+ * an earlier one of the same name wrote to). Built in a C buffer: no Lua
+ * strings to intern and collect. */
+struct hbuf {
+  char *p;
+  size_t n, cap;
+  bool heap; /* p was malloc'd (it starts on the caller's stack) */
+};
+
+static void hb_add(struct hbuf *h, const char *s, size_t n) {
+  if (h->n + n > h->cap) {
+    size_t cap = 2 * h->cap > h->n + n ? 2 * h->cap : h->n + n;
+    char *q = h->heap ? realloc(h->p, cap) : malloc(cap);
+    if (!q) return; /* out of memory: a shorter header */
+    if (!h->heap) memcpy(q, h->p, h->n);
+    h->p = q;
+    h->cap = cap;
+    h->heap = true;
+  }
+  memcpy(h->p + h->n, s, n);
+  h->n += n;
+}
+
+static void log_header(struct proc *p, const char *name, char **argv) {
+  char stack[1024];
+  struct hbuf h = {stack, 0, sizeof stack, false};
+  char pid[32];
+  hb_add(&h, "--- atomlua: ", 13);
+  hb_add(&h, name, strlen(name));
+  int len = snprintf(pid, sizeof pid, " pid %d:", (int)p->pid);
+  hb_add(&h, pid, (size_t)len);
+  for (char **a = argv; *a; a++) {
+    hb_add(&h, " ", 1);
+    const char *s = *a;
+    bool plain = *s != '\0';
+    for (const char *c = s; *c && plain; c++)
+      plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("./_=:,@%+-", *c) != NULL;
+    if (plain) {
+      hb_add(&h, s, strlen(s));
+      continue;
+    }
+    hb_add(&h, "'", 1);
+    for (const char *c = s; *c; c++)
+      if (*c == '\'')
+        hb_add(&h, "'\\''", 4);
+      else
+        hb_add(&h, c, 1);
+    hb_add(&h, "'", 1);
+  }
+  hb_add(&h, "\n", 1);
+  outbuf_log_raw(&p->ob, h.p, h.n);
+  if (h.heap) free(h.p);
+}
+
 /* _atom.proc_spawn(opts) -> handle, owner task (or nil). opts: argv, env,
  * env_clear, cwd, stdin ("pipe" | nil), stdin_data, output, log, log_shared
- * (exec.log: kept open for the next exec), tail, lines, critical, grace,
- * name, wrapper (the public object), stdout_fd (with output = "fd"), exe
- * (the program to run instead of argv[0]). */
+ * (exec.log: kept open for the next exec), header (write the log's header
+ * line), tail, lines, critical, grace, name, wrapper (the public object),
+ * stdout_fd (with output = "fd"), exe (the program to run instead of argv[0]). */
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  lua_newtable(L); /* 2: anchor for strings and arrays */
+  lua_pushnil(L); /* 2: the anchor for strings and arrays (anchor_push) */
   lua_getfield(L, 1, "argv");
   int nargv = (int)lua_rawlen(L, -1);
-  char **argv = lua_newuserdatauv(L, (size_t)(nargv + 1) * sizeof *argv, 0);
-  lua_rawseti(L, 2, 1);
+  /* The strings stay in opts.argv; numbers are converted and anchored. */
+  char *small[16];
+  char **argv = small;
+  if (nargv + 1 > (int)(sizeof small / sizeof *small)) {
+    argv = lua_newuserdatauv(L, (size_t)(nargv + 1) * sizeof *argv, 0);
+    anchor_push(L);
+  }
   for (int i = 0; i < nargv; i++) {
-    lua_rawgeti(L, -1, i + 1);
-    argv[i] = (char *)lua_tostring(L, -1);
-    lua_rawseti(L, 2, i + 2);
+    if (lua_rawgeti(L, -1, i + 1) == LUA_TSTRING) {
+      argv[i] = (char *)lua_tostring(L, -1);
+      lua_pop(L, 1);
+    } else {
+      argv[i] = (char *)lua_tostring(L, -1);
+      anchor_push(L);
+    }
   }
   argv[nargv] = NULL;
   lua_pop(L, 1);
@@ -130,7 +209,7 @@ static int l_spawn(lua_State *L) {
   struct proc_opts o = {0};
   o.argv = argv;
   const char *path_env;
-  o.envp = build_env(L, 1, 2, &path_env);
+  o.envp = build_env(L, 1, &path_env);
   o.cwd = opt_str(L, 1, "cwd");
   o.name = opt_str(L, 1, "name");
   if (!o.name) o.name = argv[0];
@@ -181,9 +260,8 @@ static int l_spawn(lua_State *L) {
   bool log_shared = lua_toboolean(L, -1);
   lua_pop(L, 1);
   o.logfd = -1;
-  if (log && o.output == OUT_CAPTURE) {
-    o.logfd = log_shared ? outbuf_shared_log_open(log, &log_shared)
-                         : open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log && o.output == OUT_CAPTURE && log_shared) {
+    o.logfd = outbuf_shared_log_open(log, &log_shared);
     if (o.logfd < 0) return util_error(L, "io", "cannot open log %s: %s", log, strerror(errno));
   }
   struct proc **ud = lua_newuserdatauv(L, sizeof *ud, 1);
@@ -214,6 +292,11 @@ static int l_spawn(lua_State *L) {
   }
   *ud = p;
   p->log_shared = log_shared;
+  /* Its own log: created at the first output (outbuf.c), or when it ends. */
+  if (log && o.output == OUT_CAPTURE && !log_shared) p->ob.logpath = strdup(log);
+  lua_getfield(L, 1, "header");
+  if (lua_toboolean(L, -1) && (o.logfd >= 0 || p->ob.logpath)) log_header(p, o.name, argv);
+  lua_pop(L, 1);
 
   if (in_data) {
     proc_stdin_queue(p, in_data, in_len);

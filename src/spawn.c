@@ -66,13 +66,20 @@ int spawn_lookup(const char *prog, const char *path_env, char *out, size_t outsz
   if (!path_env) path_env = SPAWN_DEFAULT_PATH;
   int err = -ENOENT;
   const char *p = path_env;
+  size_t plen = strlen(prog);
   for (;;) {
     const char *end = strchrnul(p, ':');
     size_t dlen = (size_t)(end - p);
     /* An empty PATH entry means the current directory, as for execvp. */
-    int n = dlen ? snprintf(out, outsz, "%.*s/%s", (int)dlen, p, prog)
-                 : snprintf(out, outsz, "%s", prog);
-    if (n > 0 && (size_t)n < outsz) {
+    size_t n = dlen ? dlen + 1 + plen : plen;
+    if (n < outsz) {
+      if (dlen) {
+        memcpy(out, p, dlen);
+        out[dlen] = '/';
+        memcpy(out + dlen + 1, prog, plen + 1);
+      } else {
+        memcpy(out, prog, plen + 1);
+      }
       int r = check_exec(out);
       if (r == 0) return 0;
       if (r == -EACCES) err = r; /* remember a non-executable match, keep looking */

@@ -11,7 +11,7 @@ local M = {}
 
 local find, format, concat = string.find, string.format, table.concat
 local now, checkpoint = _atom.now, _atom.checkpoint
-local null = package.preload["atom.json"] and require("atom.json").null or nil
+local null = _atom.json_null -- atom.json.null, without loading atom.json at the first spawn
 
 local EXPECT_TIMEOUT = 30
 local TAIL_LINES = 20
@@ -29,8 +29,14 @@ local logged = {}   -- log file names already used in this Lua state
 
 local function basename(path) return (path:match("([^/]+)/*$") or path) end
 
+local bases, nbases = {}, 0 -- basename by program, for the default names
 local function default_name(prog)
-  local base = basename(prog)
+  local base = bases[prog]
+  if not base then
+    base = basename(prog)
+    if nbases >= 256 then bases, nbases = {}, 0 end
+    bases[prog], nbases = base, nbases + 1
+  end
   counters[base] = (counters[base] or 0) + 1
   return base .. "-" .. counters[base]
 end
@@ -81,20 +87,20 @@ local function parse_spec(spec, fields, fname, n)
   if type(spec) ~= "table" then
     bad(n, fname, "table expected, got " .. (spec == nil and "no value" or type(spec)))
   end
-  local argv = {}
-  for i = 1, #spec do
+  local argv, nargv = {}, #spec
+  for i = 1, nargv do
     local a = spec[i]
-    local t = math.type(a) or type(a)
-    if t == "integer" or t == "float" then
+    local t = type(a)
+    if t == "number" then
       a = tostring(a)
     elseif t ~= "string" then
       bad(n, fname, format("argv[%d] must be a string or number, got %s", i, t))
     end
     argv[i] = a
   end
-  if #argv == 0 or argv[1] == "" then bad(n, fname, "argv is empty: spec[1] must name the program") end
+  if nargv == 0 or argv[1] == "" then bad(n, fname, "argv is empty: spec[1] must name the program") end
   for k, v in pairs(spec) do
-    if math.type(k) ~= "integer" or k < 1 or k > #argv then
+    if type(k) ~= "number" or k < 1 or k > nargv or math.type(k) ~= "integer" then
       local want = type(k) == "string" and fields[k]
       if not want then
         bad(n, fname, format("unknown field '%s'", tostring(k)))
@@ -410,6 +416,7 @@ local by_owner = setmetatable({}, { __mode = "k" })
 local function start(argv, o, name, log, again, header_always, host)
   o.name = name
   o.log = log
+  o.header = again or header_always -- written by proc_spawn, before any output
   local p = { pid = 0, name = name, log = log, _cursor = 1, _output = o.output, _stdin = o.stdin,
               _argv = argv, _log = log, _host = host }
   o.wrapper = setmetatable(p, mt)
@@ -422,9 +429,6 @@ local function start(argv, o, name, log, again, header_always, host)
   if not ok then error(c, 0) end
   p._c = c
   rawset(p, "pid", c:pid())
-  if log and (again or header_always) then
-    c:log_raw(format("--- atomlua: %s pid %d: %s\n", name, p.pid, quote_argv(argv)))
-  end
   if owner and _atom.owner_scope() then
     local list = by_owner[owner]
     if not list then
@@ -434,7 +438,9 @@ local function start(argv, o, name, log, again, header_always, host)
     list[#list + 1] = p
   end
   if o.netns then require("atom.net").track(o.net, p) end
-  events.emit("process_spawn", { name = name, pid = p.pid, argv = argv, host = host and host.name })
+  if events.active("process_spawn") then
+    events.emit("process_spawn", { name = name, pid = p.pid, argv = argv, host = host and host.name })
+  end
   return p, c
 end
 
@@ -451,6 +457,12 @@ function M.spawn(spec, host)
   return (start(argv, o, name, log, again, false, host))
 end
 
+local exec_log_dir, exec_log_path
+local function exec_log(dir)
+  if dir ~= exec_log_dir then exec_log_dir, exec_log_path = dir, dir .. "/exec.log" end
+  return exec_log_path
+end
+
 local function exec(spec, fname, n, host)
   local argv, o = parse_spec(spec, exec_fields, fname, n)
   checkpoint(fname)
@@ -460,7 +472,7 @@ local function exec(spec, fname, n, host)
   o.tail = EXEC_KEEP
   o.lines = false
   o.log_shared = true
-  local p, c = start(argv, o, name, dir and dir .. "/exec.log", false, true, host)
+  local p, c = start(argv, o, name, dir and exec_log(dir), false, true, host)
   local desc = spec.timeout and format("%s %s", fname, quote_argv(argv))
   local code, sig = c:wait(spec.timeout, desc, true, true, fname)
   local stdout, stderr = c:output()
@@ -536,8 +548,10 @@ end
 -- Called by src/proc.c at every exit; returns the owner's error when a
 -- critical process died on its own.
 _atom.proc_on_exit(function(p, code, sig, expected, fail)
-  events.emit("process_exit", { name = p.name, pid = p.pid, code = code == nil and null or code,
-    signal = sig == nil and null or sig, expected = expected })
+  if events.active("process_exit") then
+    events.emit("process_exit", { name = p.name, pid = p.pid, code = code == nil and null or code,
+      signal = sig == nil and null or sig, expected = expected })
+  end
   if not fail then return nil end
   p._unexpected = true
   local h = p._transport_of or p._host

@@ -100,7 +100,12 @@ function M.main(cfg)
     -- Without --events/--html the CLI's reporters need only the runner's
     -- events: http/rpc events, one per request, are then not even built.
     events.wanted = { run_start = true, run_end = true, scenario_start = true, scenario_end = true,
-      test_start = true, test_end = true, process_spawn = true, process_exit = true, _tick = true }
+      test_start = true, test_end = true, _tick = true }
+    -- Process events only show on the console with -v: one forward to the
+    -- control state per spawn and exit costs a third of an atom.exec.
+    if state.verbose >= 1 then
+      events.wanted.process_spawn, events.wanted.process_exit = true, true
+    end
   end
   if events.wanted then
     -- Without --events the control state wants only the runner's events;

@@ -13,11 +13,14 @@ local M = {
 
 --- The directory for logs of this scenario file, created on first use.
 function M.logs_dir()
-  local dir = (M.file_dir or M.run_dir) .. "/logs"
+  local base = M.file_dir or M.run_dir
+  if M._logs_made and base == M._logs_base then return M._logs_dir end
+  local dir = base .. "/logs"
   if not M._logs_made then
     require("_atom").mkdir_p(dir)
     M._logs_made = true
   end
+  M._logs_base, M._logs_dir = base, dir
   return dir
 end
 

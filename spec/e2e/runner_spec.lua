@@ -588,4 +588,15 @@ describe("a critical process's death in a failure report", function()
       end
     end
   end)
+
+  it("-v alone shows process spawns and exits; without -v they are not even forwarded", function()
+    local path = S [[ atom.exec{ "true" } ]]
+    local r = run({ "run", "-v", path })
+    assert.equals(0, r.code, r.out .. r.err)
+    assert.matches("%[true%-1%] spawned pid %d+: true\n", r.out)
+    assert.matches("%[true%-1%] pid %d+ exited: code 0\n", r.out)
+    r = run({ "run", path })
+    assert.equals(0, r.code, r.out .. r.err)
+    assert.falsy(r.out:find("spawned pid", 1, true), r.out)
+  end)
 end)
