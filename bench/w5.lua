@@ -6,8 +6,11 @@ local n = tonumber(atom.args[2]) or 20000
 local k = tonumber(atom.args[3]) or 64
 local list = {}
 for i = 1, n do list[i] = i end
+-- atom's modules load on first use; bind what is timed first, as the Python
+-- and Node versions import theirs before their clocks start.
+local map, rpc = atom.map, atom.rpc
 local t0 = atom.now()
-local r = atom.map(list, function() return atom.rpc(url, "status") end, {concurrency = k})
+local r = map(list, function() return rpc(url, "status") end, {concurrency = k})
 local dt = atom.now() - t0
 for i = 1, n do
   if r[i] ~= "ok" then error("call " .. i .. " returned " .. tostring(r[i])) end
