@@ -584,6 +584,17 @@ static int proc_devnull(void) {
   return devnull;
 }
 
+/* What every spawn needs, made once: the reaper (which makes the run
+ * cgroup before it forks) and, for the CLI, the subreaper role. atom.proc
+ * calls it when it loads, so the first spawn does not pay for it. */
+void proc_prepare(void) {
+  reaper_start();
+#ifndef ATOM_MODULE
+  /* Not in module mode: the host's own orphans would come to it. */
+  if (!subreaper && prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) subreaper = true;
+#endif
+}
+
 /* Start the process of opts (checked by proclua.c). On failure returns NULL
  * with -errno in *err and the failed step in *stage. */
 struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage) {
@@ -596,15 +607,11 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   struct proc *p = r ? NULL : calloc(1, sizeof *p);
   if (!r && !p) r = -ENOMEM;
   int cgprocs = -1;
+  proc_prepare();
   if (p) {
-    reaper_start(); /* before the run cgroup exists: the reaper removes it */
     p->pidfd = p->cgfd = -1;
     p->cgfd = cgroup_new(&p->cgid, &cgprocs, !spawn_into_cgroup());
   }
-#ifndef ATOM_MODULE
-  /* Not in module mode: the host's own orphans would come to it. */
-  if (!subreaper && prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) subreaper = true;
-#endif
   if (!r) {
     int nul = proc_devnull();
     struct spawn_req req = {

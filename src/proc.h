@@ -246,6 +246,7 @@ struct proc {
 
 extern lua_State *proc_L; /* a thread of the current Lua state, for callbacks */
 
+void proc_prepare(void); /* the reaper and the subreaper role, once */
 struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage);
 void proc_push_status(lua_State *L, struct proc *p); /* code, signal name */
 void proc_push_signame(lua_State *L, int sig);

@@ -706,15 +706,18 @@ static int l_anchor_gc(lua_State *L) {
   return 0;
 }
 
+/* _atom.proc_prepare(): start the reaper now (atom.proc, as it loads). */
+static int l_prepare(lua_State *L) {
+  (void)L;
+  proc_prepare();
+  return 0;
+}
+
 /* Its `_atom` functions (the inventory is lualib.c's atom_lib). */
-const luaL_Reg proc_lib[] = {{"proc_spawn", l_spawn},
-                             {"proc_on_exit", l_on_exit},
-                             {"proc_stop_owned", l_stop_owned},
-                             {"proc_signum", l_signum},
-                             {"proc_signame", l_signame},
-                             {"proc_children", l_children},
-                             {"proc_cwd", l_cwd},
-                             {NULL, NULL}};
+const luaL_Reg proc_lib[] = {
+    {"proc_spawn", l_spawn},           {"proc_prepare", l_prepare}, {"proc_on_exit", l_on_exit},
+    {"proc_stop_owned", l_stop_owned}, {"proc_signum", l_signum},   {"proc_signame", l_signame},
+    {"proc_children", l_children},     {"proc_cwd", l_cwd},         {NULL, NULL}};
 
 void proc_register(lua_State *L) {
   static const luaL_Reg methods[] = {{"pid", l_pid},

@@ -589,4 +589,7 @@ end
 
 -- }====
 
+-- The reaper starts as the module loads (an import), not in the first spawn.
+_atom.proc_prepare()
+
 return M
