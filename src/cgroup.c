@@ -140,6 +140,24 @@ int cgroup_new(unsigned *id, int *procs_fd, bool want_procs) {
   return dfd;
 }
 
+/* Fill the pool up to n empty cgroups now (atom.proc's load), so that the
+ * first spawns — a cluster's nodes, started at once — do not each pay for
+ * a mkdir. */
+void cgroup_warm(int n) {
+  if (n > POOL_MAX || !cgroup_available()) return;
+  while (npool < n) {
+    char name[32];
+    unsigned id = ++next_id;
+    snprintf(name, sizeof name, "p%u", id);
+    if (mkdirat(runfd, name, 0755) < 0 && errno != EEXIST) return;
+    int dfd = openat(runfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return;
+    pool[npool].id = id;
+    pool[npool].dfd = dfd;
+    npool++;
+  }
+}
+
 /* Only syscalls below: the reaper (a fork) uses them too. */
 
 static ssize_t read_at(int dfd, const char *file, char *buf, size_t n) {

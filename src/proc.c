@@ -585,10 +585,16 @@ static int proc_devnull(void) {
 }
 
 /* What every spawn needs, made once: the reaper (which makes the run
- * cgroup before it forks) and, for the CLI, the subreaper role. atom.proc
- * calls it when it loads, so the first spawn does not pay for it. */
+ * cgroup before it forks), a few empty process cgroups and, for the CLI,
+ * the subreaper role. atom.proc calls it when it loads, so the first
+ * spawns do not pay for it. */
 void proc_prepare(void) {
+  static bool warm;
   reaper_start();
+  if (!warm) {
+    warm = true;
+    cgroup_warm(16);
+  }
 #ifndef ATOM_MODULE
   /* Not in module mode: the host's own orphans would come to it. */
   if (!subreaper && prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) subreaper = true;

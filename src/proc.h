@@ -78,6 +78,7 @@ bool cgroup_available(void); /* sets up the run cgroup at the first call */
  * opened for the child to join (spawn_req.cgroup_fd; the caller closes it),
  * else *procs_fd = -1. */
 int cgroup_new(unsigned *id, int *procs_fd, bool want_procs);
+void cgroup_warm(int n); /* up to n empty cgroups ready in the pool */
 bool cgroup_populated(int dfd);
 /* SIGKILL: cgroup.kill; else each member gets sig, then `then` if not 0. */
 void cgroup_signal(int dfd, int sig, int then);
