@@ -584,6 +584,26 @@ static int proc_devnull(void) {
   return devnull;
 }
 
+/* What a process record holds from its options, local or on a host. */
+static void init_record(struct proc *p, const struct proc_opts *o) {
+  p->ref = LUA_NOREF;
+  p->critical = o->critical;
+  p->grace = o->grace;
+  p->name = strdup(o->name);
+  timer_init(&p->eof_timer);
+  timer_init(&p->grace_timer);
+  timer_init(&p->group_timer);
+  timer_init(&p->tick);
+  timer_init(&p->replay);
+  outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
+}
+
+static void link_live(struct proc *p) {
+  p->gnext = live_head;
+  if (live_head) live_head->gprev = p;
+  live_head = p;
+}
+
 /* What every spawn needs, made once: the reaper (which makes the run
  * cgroup before it forks), a few empty process cgroups and, for the CLI,
  * the subreaper role. atom.proc calls it when it loads, so the first
@@ -658,17 +678,8 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
    * from here on, a SIGKILLed atomlua takes the whole group along. */
   reaper_add(p->pid, p->pidfd);
   live_children++;
-  p->ref = LUA_NOREF;
-  p->critical = o->critical;
-  p->grace = o->grace;
-  p->name = strdup(o->name);
+  init_record(p, o);
   p->in_fd = in[1];
-  timer_init(&p->eof_timer);
-  timer_init(&p->grace_timer);
-  timer_init(&p->group_timer);
-  timer_init(&p->tick);
-  timer_init(&p->replay);
-  outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
   const int fds[2] = {out[0], errp[0]};
   for (int s = 0; s < 2; s++) {
     struct rpipe *rp = &p->out[s];
@@ -685,9 +696,7 @@ struct proc *proc_start(const struct proc_opts *o, int *err, const char **stage)
   }
   if (p->pidfd >= 0 && ep_add(p->pidfd, p, EV_EXIT) == 0) p->exit_watched = true;
   watch_reaper();
-  p->gnext = live_head;
-  if (live_head) live_head->gprev = p;
-  live_head = p;
+  link_live(p);
   return p;
 }
 
@@ -703,20 +712,9 @@ struct proc *proc_start_remote(const struct proc_opts *o, pid_t pid) {
   p->pidfd = p->cgfd = -1;
   p->out[0].fd = p->out[1].fd = -1;
   p->rout[0] = p->rout[1] = o->output == OUT_CAPTURE;
-  p->ref = LUA_NOREF;
-  p->critical = o->critical;
-  p->grace = o->grace;
-  p->name = strdup(o->name);
+  init_record(p, o);
   p->in_fd = o->stdin_mode != STDIN_NULL ? REMOTE_STDIN_OPEN : -1;
-  timer_init(&p->eof_timer);
-  timer_init(&p->grace_timer);
-  timer_init(&p->group_timer);
-  timer_init(&p->tick);
-  timer_init(&p->replay);
-  outbuf_init(&p->ob, o->keep_lines, o->tail_max, o->logfd);
-  p->gnext = live_head;
-  if (live_head) live_head->gprev = p;
-  live_head = p;
+  link_live(p);
   return p;
 }
 
