@@ -18,15 +18,11 @@ local in_task, checkpoint = _atom.in_task_thread, _atom.checkpoint
 local type, select, tostring, format, concat = type, select, tostring, string.format, table.concat
 local math_type, tointeger = math.type, math.tointeger
 
--- Lua's originals, kept once per Lua state: the module may be loaded again
--- (busted empties package.loaded between spec files) and must not wrap its
--- own wrappers.
-local reg = debug.getregistry()
-local orig = reg["atom.blocking.orig"]
-if not orig then
-  orig = { execute = os.execute, popen = io.popen, type = io.type, close = io.close }
-  reg["atom.blocking.orig"] = orig
-end
+-- Lua's originals, kept once per Lua state by atom (init.lua, which loads
+-- this module at the first call): the module may be loaded again (busted
+-- empties package.loaded between spec files) and must not wrap its own
+-- wrappers.
+local orig = assert(debug.getregistry()["atom.blocking.orig"], "atom.blocking is loaded by atom")
 
 local CHUNK = 64 * 1024
 local EBADF, EPIPE = 9, 32
